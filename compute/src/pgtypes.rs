@@ -1,0 +1,1286 @@
+//! PostgreSQL type identities and value formats.
+//!
+//! * [`pg_type_for_field`] / [`pg_type_for_column`] give the type OID, length and modifier
+//!   announced in RowDescription and ParameterDescription.
+//! * [`encode_text`] / [`encode_binary`] write one Arrow cell exactly as PostgreSQL 15 sends it
+//!   (text output with DateStyle ISO, TimeZone UTC, extra_float_digits 1; binary `*send`).
+//! * [`decode_param`] parses a Bind parameter in text or binary format into a [`ScalarValue`],
+//!   with PostgreSQL's error messages and SQLSTATEs.
+//!
+//! Dates and timestamps are Arrow's (days / microseconds since 1970-01-01) and are converted
+//! to PostgreSQL's 2000-01-01 epoch on the binary path. PostgreSQL's `infinity` and
+//! `-infinity` map to the extreme `i32`/`i64` values, as in PostgreSQL itself.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use bytes::{BufMut, BytesMut};
+use datafusion::arrow::array::{Array, AsArray};
+use datafusion::arrow::datatypes::{
+    DataType, Date32Type, Date64Type, Decimal128Type, Decimal32Type, Decimal64Type, Field,
+    Float16Type, Float32Type, Float64Type, Int16Type, Int32Type, Int64Type, Int8Type, TimeUnit,
+    TimestampMicrosecondType, TimestampMillisecondType, TimestampNanosecondType,
+    TimestampSecondType, UInt16Type, UInt32Type, UInt64Type, UInt8Type,
+};
+use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
+use datafusion::scalar::ScalarValue;
+
+use crate::rowcodec::{ColumnType, PG_TYPE_METADATA_KEY, UTC_TZ};
+
+/// Type OIDs from PostgreSQL's `pg_type.dat`.
+pub mod oid {
+    pub const UNSPECIFIED: u32 = 0;
+    pub const BOOL: u32 = 16;
+    pub const BYTEA: u32 = 17;
+    pub const NAME: u32 = 19;
+    pub const INT8: u32 = 20;
+    pub const INT2: u32 = 21;
+    pub const INT4: u32 = 23;
+    pub const TEXT: u32 = 25;
+    pub const JSON: u32 = 114;
+    pub const FLOAT4: u32 = 700;
+    pub const FLOAT8: u32 = 701;
+    pub const UNKNOWN: u32 = 705;
+    pub const BPCHAR: u32 = 1042;
+    pub const VARCHAR: u32 = 1043;
+    pub const DATE: u32 = 1082;
+    pub const TIMESTAMP: u32 = 1114;
+    pub const TIMESTAMPTZ: u32 = 1184;
+    pub const NUMERIC: u32 = 1700;
+    pub const JSONB: u32 = 3802;
+}
+
+/// SQLSTATEs a [`PgTypeError`] carries.
+pub mod sqlstate {
+    pub const PROTOCOL_VIOLATION: &str = "08P01";
+    pub const FEATURE_NOT_SUPPORTED: &str = "0A000";
+    pub const NUMERIC_VALUE_OUT_OF_RANGE: &str = "22003";
+    pub const INVALID_DATETIME_FORMAT: &str = "22007";
+    pub const DATETIME_FIELD_OVERFLOW: &str = "22008";
+    pub const CHARACTER_NOT_IN_REPERTOIRE: &str = "22021";
+    pub const INVALID_PARAMETER_VALUE: &str = "22023";
+    pub const INVALID_TEXT_REPRESENTATION: &str = "22P02";
+    pub const INVALID_BINARY_REPRESENTATION: &str = "22P03";
+    pub const UNDEFINED_FUNCTION: &str = "42883";
+    pub const INTERNAL_ERROR: &str = "XX000";
+}
+
+/// A value conversion error, with the SQLSTATE PostgreSQL reports for it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct PgTypeError {
+    sqlstate: &'static str,
+    message: String,
+}
+
+impl PgTypeError {
+    pub fn new(sqlstate: &'static str, message: impl Into<String>) -> Self {
+        PgTypeError {
+            sqlstate,
+            message: message.into(),
+        }
+    }
+    pub fn sqlstate(&self) -> &'static str {
+        self.sqlstate
+    }
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+fn syntax(tname: &str, input: &str) -> PgTypeError {
+    PgTypeError::new(
+        sqlstate::INVALID_TEXT_REPRESENTATION,
+        format!("invalid input syntax for type {tname}: \"{input}\""),
+    )
+}
+
+/// What RowDescription / ParameterDescription say about a column or parameter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PgType {
+    pub oid: u32,
+    pub typlen: i16,
+    pub typmod: i32,
+    pub name: &'static str,
+}
+
+impl PgType {
+    const fn of(oid: u32, typlen: i16, name: &'static str) -> PgType {
+        PgType {
+            oid,
+            typlen,
+            typmod: -1,
+            name,
+        }
+    }
+    pub const BOOL: PgType = PgType::of(oid::BOOL, 1, "bool");
+    pub const BYTEA: PgType = PgType::of(oid::BYTEA, -1, "bytea");
+    pub const INT8: PgType = PgType::of(oid::INT8, 8, "int8");
+    pub const INT2: PgType = PgType::of(oid::INT2, 2, "int2");
+    pub const INT4: PgType = PgType::of(oid::INT4, 4, "int4");
+    pub const TEXT: PgType = PgType::of(oid::TEXT, -1, "text");
+    pub const FLOAT4: PgType = PgType::of(oid::FLOAT4, 4, "float4");
+    pub const FLOAT8: PgType = PgType::of(oid::FLOAT8, 8, "float8");
+    pub const VARCHAR: PgType = PgType::of(oid::VARCHAR, -1, "varchar");
+    pub const DATE: PgType = PgType::of(oid::DATE, 4, "date");
+    pub const TIMESTAMP: PgType = PgType::of(oid::TIMESTAMP, 8, "timestamp");
+    pub const TIMESTAMPTZ: PgType = PgType::of(oid::TIMESTAMPTZ, 8, "timestamptz");
+    pub const NUMERIC: PgType = PgType::of(oid::NUMERIC, -1, "numeric");
+
+    fn with_typmod(self, typmod: i32) -> PgType {
+        PgType { typmod, ..self }
+    }
+}
+
+/// PostgreSQL's numeric typmod: `((precision << 16) | (scale & 0x7ff)) + VARHDRSZ`.
+fn numeric_typmod(precision: u8, scale: i8) -> i32 {
+    ((i32::from(precision) << 16) | (i32::from(scale) & 0x7ff)) + 4
+}
+
+/// The PostgreSQL type of a table column.
+pub fn pg_type_for_column(t: &ColumnType) -> PgType {
+    match t {
+        ColumnType::SmallInt => PgType::INT2,
+        ColumnType::Int => PgType::INT4,
+        ColumnType::BigInt => PgType::INT8,
+        ColumnType::Double => PgType::FLOAT8,
+        ColumnType::Real => PgType::FLOAT4,
+        ColumnType::Text => PgType::TEXT,
+        ColumnType::Varchar(None) => PgType::VARCHAR,
+        ColumnType::Varchar(Some(n)) => {
+            PgType::VARCHAR.with_typmod(i32::try_from(*n).unwrap_or(i32::MAX - 4) + 4)
+        }
+        ColumnType::Bool => PgType::BOOL,
+        ColumnType::Numeric { precision, scale } => {
+            PgType::NUMERIC.with_typmod(numeric_typmod(*precision, *scale))
+        }
+        ColumnType::Date => PgType::DATE,
+        ColumnType::Timestamp => PgType::TIMESTAMP,
+        ColumnType::TimestampTz => PgType::TIMESTAMPTZ,
+        ColumnType::Bytea => PgType::BYTEA,
+    }
+}
+
+/// The PostgreSQL type of a result column. The [`PG_TYPE_METADATA_KEY`] tag wins when it
+/// agrees with the Arrow type (so `varchar(20)` stays varchar); otherwise the Arrow type
+/// decides. The mapping always matches what [`encode_binary`] writes for that Arrow type.
+pub fn pg_type_for_field(field: &Field) -> PgType {
+    if let Some(ct) = field
+        .metadata()
+        .get(PG_TYPE_METADATA_KEY)
+        .and_then(|tag| ColumnType::from_pg_tag(tag))
+    {
+        if ct.matches_arrow(field.data_type()) {
+            return pg_type_for_column(&ct);
+        }
+    }
+    match field.data_type() {
+        DataType::Boolean => PgType::BOOL,
+        DataType::Int8 | DataType::UInt8 | DataType::Int16 => PgType::INT2,
+        DataType::UInt16 | DataType::Int32 => PgType::INT4,
+        DataType::UInt32 | DataType::Int64 => PgType::INT8,
+        DataType::UInt64 => PgType::NUMERIC,
+        DataType::Float16 | DataType::Float32 => PgType::FLOAT4,
+        DataType::Float64 => PgType::FLOAT8,
+        DataType::Decimal32(p, s)
+        | DataType::Decimal64(p, s)
+        | DataType::Decimal128(p, s)
+        | DataType::Decimal256(p, s) => PgType::NUMERIC.with_typmod(numeric_typmod(*p, *s)),
+        DataType::Date32 | DataType::Date64 => PgType::DATE,
+        DataType::Timestamp(_, None) => PgType::TIMESTAMP,
+        DataType::Timestamp(_, Some(_)) => PgType::TIMESTAMPTZ,
+        DataType::Binary
+        | DataType::LargeBinary
+        | DataType::BinaryView
+        | DataType::FixedSizeBinary(_) => PgType::BYTEA,
+        // Strings, NULL and everything else travel as text.
+        _ => PgType::TEXT,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Calendar
+// ---------------------------------------------------------------------------------------------
+
+const UNIX_TO_PG_DAYS: i64 = 10_957;
+const UNIX_TO_PG_MICROS: i64 = 946_684_800_000_000;
+const USECS_PER_DAY: i64 = 86_400_000_000;
+/// PostgreSQL's date range in Arrow days: Julian day 0 (4714-11-24 BC) to 5874898-01-01.
+const MIN_DATE: i64 = -2_440_588;
+const END_DATE: i64 = 2_145_042_906;
+/// PostgreSQL's MIN_TIMESTAMP in Arrow micros. Its END_TIMESTAMP (294277 AD) lies beyond
+/// i64 in the 1970 epoch, so the upper bound is i64::MAX, which itself means `infinity`.
+const MIN_TIMESTAMP: i64 = -211_813_488_000_000_000 + UNIX_TO_PG_MICROS;
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (year 0 = 1 BC), as PostgreSQL counts.
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+fn civil_from_days(z: i64) -> (i64, i64, i64) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+fn days_in_month(y: i64, m: i64) -> i64 {
+    match m {
+        2 if y % 4 == 0 && (y % 100 != 0 || y % 400 == 0) => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    }
+}
+
+/// Writes `YYYY-MM-DD`; returns whether the year is BC (the caller appends " BC" last).
+fn write_ymd(out: &mut String, days: i64) -> bool {
+    let (y, m, d) = civil_from_days(days);
+    let (y, bc) = if y <= 0 { (1 - y, true) } else { (y, false) };
+    let _ = write!(out, "{y:04}-{m:02}-{d:02}");
+    bc
+}
+
+/// Date32 days as PostgreSQL prints a date.
+pub fn format_date(days: i32) -> String {
+    match days {
+        i32::MAX => "infinity".into(),
+        i32::MIN => "-infinity".into(),
+        _ => {
+            let mut s = String::with_capacity(13);
+            if write_ymd(&mut s, days.into()) {
+                s.push_str(" BC");
+            }
+            s
+        }
+    }
+}
+
+/// Microseconds since 1970 as PostgreSQL prints a timestamp (`with_tz`: timestamptz in UTC).
+pub fn format_timestamp(micros: i64, with_tz: bool) -> String {
+    match micros {
+        i64::MAX => return "infinity".into(),
+        i64::MIN => return "-infinity".into(),
+        _ => {}
+    }
+    let mut s = String::with_capacity(32);
+    let bc = write_ymd(&mut s, micros.div_euclid(USECS_PER_DAY));
+    let t = micros.rem_euclid(USECS_PER_DAY);
+    let (secs, frac) = (t / 1_000_000, t % 1_000_000);
+    let _ = write!(
+        s,
+        " {:02}:{:02}:{:02}",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    );
+    if frac != 0 {
+        let digits = format!("{frac:06}");
+        s.push('.');
+        s.push_str(digits.trim_end_matches('0'));
+    }
+    if with_tz {
+        s.push_str("+00");
+    }
+    if bc {
+        s.push_str(" BC");
+    }
+    s
+}
+
+// ---------------------------------------------------------------------------------------------
+// Numbers
+// ---------------------------------------------------------------------------------------------
+
+/// Shortest round-trip digits in PostgreSQL's layout (Ryu as in `float8out` with
+/// extra_float_digits > 0): fixed notation for decimal exponents in `-4..max_fixed_exp`,
+/// otherwise `d.ddde+XX` with at least two exponent digits.
+fn format_shortest(sci: &str, max_fixed_exp: i32) -> String {
+    // `sci` is Rust's `{:e}` rendering (shortest round-trip digits): "-1.2345e-5", "1e15".
+    let (neg, body) = match sci.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, sci),
+    };
+    let (mantissa, exp) = body.split_once('e').unwrap_or((body, "0"));
+    let exp: i32 = exp.parse().unwrap_or(0);
+    let digits: String = mantissa.chars().filter(|c| *c != '.').collect();
+    let n = digits.len() as i32;
+    let mut s = String::with_capacity(26);
+    if neg {
+        s.push('-');
+    }
+    if (-4..max_fixed_exp).contains(&exp) {
+        if exp < 0 {
+            s.push_str("0.");
+            s.extend(std::iter::repeat_n('0', (-exp - 1) as usize));
+            s.push_str(&digits);
+        } else if exp + 1 >= n {
+            s.push_str(&digits);
+            s.extend(std::iter::repeat_n('0', (exp + 1 - n) as usize));
+        } else {
+            let (int, frac) = digits.split_at(exp as usize + 1);
+            s.push_str(int);
+            s.push('.');
+            s.push_str(frac);
+        }
+    } else {
+        s.push_str(&digits[..1]);
+        if n > 1 {
+            s.push('.');
+            s.push_str(&digits[1..]);
+        }
+        let _ = write!(s, "e{}{:02}", if exp < 0 { '-' } else { '+' }, exp.abs());
+    }
+    s
+}
+
+/// `float8out` with extra_float_digits = 1 (PostgreSQL >= 12 default).
+pub fn format_float8(v: f64) -> String {
+    if v.is_nan() {
+        "NaN".into()
+    } else if v.is_infinite() {
+        if v > 0.0 { "Infinity" } else { "-Infinity" }.into()
+    } else if v == 0.0 {
+        if v.is_sign_negative() { "-0" } else { "0" }.into()
+    } else {
+        format_shortest(&format!("{v:e}"), 15)
+    }
+}
+
+/// `float4out` with extra_float_digits = 1.
+pub fn format_float4(v: f32) -> String {
+    if v.is_nan() {
+        "NaN".into()
+    } else if v.is_infinite() {
+        if v > 0.0 { "Infinity" } else { "-Infinity" }.into()
+    } else if v == 0.0 {
+        if v.is_sign_negative() { "-0" } else { "0" }.into()
+    } else {
+        format_shortest(&format!("{v:e}"), 6)
+    }
+}
+
+/// A scaled integer as PostgreSQL prints numeric: exactly `scale` fraction digits.
+pub fn format_decimal(v: i128, scale: i8) -> String {
+    let mut s = v.unsigned_abs().to_string();
+    if scale <= 0 {
+        if v != 0 {
+            s.extend(std::iter::repeat_n('0', usize::from(scale.unsigned_abs())));
+        }
+    } else {
+        let scale = scale as usize;
+        if s.len() <= scale {
+            s.insert_str(0, &"0".repeat(scale + 1 - s.len()));
+        }
+        s.insert(s.len() - scale, '.');
+    }
+    if v < 0 {
+        s.insert(0, '-');
+    }
+    s
+}
+
+/// `numeric_send` of a decimal string such as "-12.50" or "12000": ndigits, weight, sign,
+/// dscale, then base-10000 digits, leading and trailing zero digits stripped as PostgreSQL
+/// stores them.
+fn put_numeric_binary(text: &str, out: &mut BytesMut) {
+    let (neg, body) = match text.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, text),
+    };
+    let (int, frac) = body.split_once('.').unwrap_or((body, ""));
+    let int = int.trim_start_matches('0');
+    let group = |chunk: &[u8]| {
+        chunk
+            .iter()
+            .fold(0i16, |acc, d| acc * 10 + i16::from(d.wrapping_sub(b'0')))
+    };
+    let mut groups: Vec<i16> = Vec::with_capacity((int.len() + frac.len()) / 4 + 2);
+    let lead = (4 - int.len() % 4) % 4;
+    let int_padded: Vec<u8> = std::iter::repeat_n(b'0', lead).chain(int.bytes()).collect();
+    groups.extend(int_padded.chunks(4).map(group));
+    let mut weight = groups.len() as i32 - 1;
+    let mut frac_padded = frac.as_bytes().to_vec();
+    frac_padded.resize(frac.len().div_ceil(4) * 4, b'0');
+    groups.extend(frac_padded.chunks(4).map(group));
+    let first = groups.iter().position(|g| *g != 0).unwrap_or(groups.len());
+    weight -= first as i32;
+    let last = groups
+        .iter()
+        .rposition(|g| *g != 0)
+        .map_or(first, |i| i + 1);
+    let digits = &groups[first..last.max(first)];
+    let (weight, sign) = if digits.is_empty() {
+        (0, 0x0000)
+    } else {
+        (weight, if neg { 0x4000 } else { 0x0000 })
+    };
+    out.put_i16(digits.len() as i16);
+    out.put_i16(weight as i16);
+    out.put_u16(sign);
+    out.put_u16(frac.len() as u16);
+    for d in digits {
+        out.put_i16(*d);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Output
+// ---------------------------------------------------------------------------------------------
+
+fn out_of_range(what: &str) -> PgTypeError {
+    PgTypeError::new(
+        sqlstate::DATETIME_FIELD_OVERFLOW,
+        format!("{what} out of range"),
+    )
+}
+
+/// A timestamp cell in microseconds; the extreme values of any unit stay the infinities.
+fn timestamp_micros(array: &dyn Array, unit: &TimeUnit, row: usize) -> Result<i64, PgTypeError> {
+    let (v, factor) = match unit {
+        TimeUnit::Second => (
+            array.as_primitive::<TimestampSecondType>().value(row),
+            1_000_000,
+        ),
+        TimeUnit::Millisecond => (
+            array.as_primitive::<TimestampMillisecondType>().value(row),
+            1_000,
+        ),
+        TimeUnit::Microsecond => (
+            array.as_primitive::<TimestampMicrosecondType>().value(row),
+            1,
+        ),
+        TimeUnit::Nanosecond => {
+            let v = array.as_primitive::<TimestampNanosecondType>().value(row);
+            return Ok(if v == i64::MAX || v == i64::MIN {
+                v
+            } else {
+                v.div_euclid(1000)
+            });
+        }
+    };
+    if v == i64::MAX || v == i64::MIN {
+        return Ok(v);
+    }
+    v.checked_mul(factor)
+        .filter(|m| *m != i64::MAX && *m != i64::MIN)
+        .ok_or_else(|| out_of_range("timestamp"))
+}
+
+fn date_days(array: &dyn Array, row: usize) -> i64 {
+    match array.data_type() {
+        DataType::Date64 => array
+            .as_primitive::<Date64Type>()
+            .value(row)
+            .div_euclid(86_400_000),
+        _ => array.as_primitive::<Date32Type>().value(row).into(),
+    }
+}
+
+/// Cells whose Arrow type has no PostgreSQL counterpart: Arrow's own rendering, sent as text.
+fn fallback_text(array: &dyn Array, row: usize) -> Result<String, PgTypeError> {
+    let fmt = ArrayFormatter::try_new(array, &FormatOptions::default())
+        .map_err(|e| PgTypeError::new(sqlstate::INTERNAL_ERROR, e.to_string()))?;
+    Ok(fmt.value(row).to_string())
+}
+
+fn check_row(array: &dyn Array, row: usize) -> Result<(), PgTypeError> {
+    if row >= array.len() {
+        return Err(PgTypeError::new(
+            sqlstate::INTERNAL_ERROR,
+            format!(
+                "row {row} out of bounds for array of length {}",
+                array.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn put_hex(bytes: &[u8], out: &mut BytesMut) -> std::fmt::Result {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    out.reserve(2 + 2 * bytes.len());
+    out.put_slice(b"\\x");
+    for b in bytes {
+        out.put_u8(HEX[usize::from(b >> 4)]);
+        out.put_u8(HEX[usize::from(b & 15)]);
+    }
+    Ok(())
+}
+
+/// Appends the PostgreSQL text output of a non-NULL cell.
+pub fn encode_text(array: &dyn Array, row: usize, out: &mut BytesMut) -> Result<(), PgTypeError> {
+    check_row(array, row)?;
+    // fmt::Write on BytesMut cannot fail.
+    let _ = match array.data_type() {
+        DataType::Boolean => write!(
+            out,
+            "{}",
+            if array.as_boolean().value(row) {
+                't'
+            } else {
+                'f'
+            }
+        ),
+        DataType::Int8 => write!(out, "{}", array.as_primitive::<Int8Type>().value(row)),
+        DataType::Int16 => write!(out, "{}", array.as_primitive::<Int16Type>().value(row)),
+        DataType::Int32 => write!(out, "{}", array.as_primitive::<Int32Type>().value(row)),
+        DataType::Int64 => write!(out, "{}", array.as_primitive::<Int64Type>().value(row)),
+        DataType::UInt8 => write!(out, "{}", array.as_primitive::<UInt8Type>().value(row)),
+        DataType::UInt16 => write!(out, "{}", array.as_primitive::<UInt16Type>().value(row)),
+        DataType::UInt32 => write!(out, "{}", array.as_primitive::<UInt32Type>().value(row)),
+        DataType::UInt64 => write!(out, "{}", array.as_primitive::<UInt64Type>().value(row)),
+        DataType::Float16 => {
+            let v = array.as_primitive::<Float16Type>().value(row).to_f32();
+            out.write_str(&format_float4(v))
+        }
+        DataType::Float32 => out.write_str(&format_float4(
+            array.as_primitive::<Float32Type>().value(row),
+        )),
+        DataType::Float64 => out.write_str(&format_float8(
+            array.as_primitive::<Float64Type>().value(row),
+        )),
+        DataType::Utf8 => out.write_str(array.as_string::<i32>().value(row)),
+        DataType::LargeUtf8 => out.write_str(array.as_string::<i64>().value(row)),
+        DataType::Utf8View => out.write_str(array.as_string_view().value(row)),
+        DataType::Binary => put_hex(array.as_binary::<i32>().value(row), out),
+        DataType::LargeBinary => put_hex(array.as_binary::<i64>().value(row), out),
+        DataType::BinaryView => put_hex(array.as_binary_view().value(row), out),
+        DataType::FixedSizeBinary(_) => put_hex(array.as_fixed_size_binary().value(row), out),
+        DataType::Decimal32(_, s) => {
+            let v = array.as_primitive::<Decimal32Type>().value(row);
+            out.write_str(&format_decimal(v.into(), *s))
+        }
+        DataType::Decimal64(_, s) => {
+            let v = array.as_primitive::<Decimal64Type>().value(row);
+            out.write_str(&format_decimal(v.into(), *s))
+        }
+        DataType::Decimal128(_, s) => {
+            let v = array.as_primitive::<Decimal128Type>().value(row);
+            out.write_str(&format_decimal(v, *s))
+        }
+        DataType::Date32 => {
+            out.write_str(&format_date(array.as_primitive::<Date32Type>().value(row)))
+        }
+        DataType::Date64 => {
+            let days = i32::try_from(date_days(array, row)).map_err(|_| out_of_range("date"))?;
+            out.write_str(&format_date(days))
+        }
+        DataType::Timestamp(unit, tz) => {
+            let micros = timestamp_micros(array, unit, row)?;
+            out.write_str(&format_timestamp(micros, tz.is_some()))
+        }
+        _ => out.write_str(&fallback_text(array, row)?),
+    };
+    Ok(())
+}
+
+/// Appends the PostgreSQL binary (`*send`) form of a non-NULL cell, for the type
+/// [`pg_type_for_field`] announces for the array's Arrow type.
+pub fn encode_binary(array: &dyn Array, row: usize, out: &mut BytesMut) -> Result<(), PgTypeError> {
+    check_row(array, row)?;
+    match array.data_type() {
+        DataType::Boolean => out.put_u8(u8::from(array.as_boolean().value(row))),
+        DataType::Int8 => out.put_i16(array.as_primitive::<Int8Type>().value(row).into()),
+        DataType::UInt8 => out.put_i16(array.as_primitive::<UInt8Type>().value(row).into()),
+        DataType::Int16 => out.put_i16(array.as_primitive::<Int16Type>().value(row)),
+        DataType::UInt16 => out.put_i32(array.as_primitive::<UInt16Type>().value(row).into()),
+        DataType::Int32 => out.put_i32(array.as_primitive::<Int32Type>().value(row)),
+        DataType::UInt32 => out.put_i64(array.as_primitive::<UInt32Type>().value(row).into()),
+        DataType::Int64 => out.put_i64(array.as_primitive::<Int64Type>().value(row)),
+        DataType::UInt64 => put_numeric_binary(
+            &array.as_primitive::<UInt64Type>().value(row).to_string(),
+            out,
+        ),
+        DataType::Float16 => out.put_f32(array.as_primitive::<Float16Type>().value(row).to_f32()),
+        DataType::Float32 => out.put_f32(array.as_primitive::<Float32Type>().value(row)),
+        DataType::Float64 => out.put_f64(array.as_primitive::<Float64Type>().value(row)),
+        DataType::Binary => out.put_slice(array.as_binary::<i32>().value(row)),
+        DataType::LargeBinary => out.put_slice(array.as_binary::<i64>().value(row)),
+        DataType::BinaryView => out.put_slice(array.as_binary_view().value(row)),
+        DataType::FixedSizeBinary(_) => out.put_slice(array.as_fixed_size_binary().value(row)),
+        DataType::Decimal32(..)
+        | DataType::Decimal64(..)
+        | DataType::Decimal128(..)
+        | DataType::Decimal256(..) => {
+            let mut text = BytesMut::new();
+            encode_text(array, row, &mut text)?;
+            let text = std::str::from_utf8(&text)
+                .map_err(|e| PgTypeError::new(sqlstate::INTERNAL_ERROR, e.to_string()))?;
+            put_numeric_binary(text, out);
+        }
+        DataType::Date32 | DataType::Date64 => {
+            let days = date_days(array, row);
+            let pg = match days {
+                d if d == i64::from(i32::MAX) || d == i64::from(i32::MIN) => d,
+                d => d - UNIX_TO_PG_DAYS,
+            };
+            out.put_i32(i32::try_from(pg).map_err(|_| out_of_range("date"))?);
+        }
+        DataType::Timestamp(unit, _) => {
+            let pg = match timestamp_micros(array, unit, row)? {
+                v @ (i64::MAX | i64::MIN) => Some(v),
+                v => v.checked_sub(UNIX_TO_PG_MICROS),
+            };
+            out.put_i64(pg.ok_or_else(|| out_of_range("timestamp"))?);
+        }
+        // Text and everything announced as text: its text output is its binary form.
+        _ => encode_text(array, row, out)?,
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Parameters
+// ---------------------------------------------------------------------------------------------
+
+/// Decodes one Bind parameter: `format` 0 is text, 1 is binary.
+pub fn decode_param(type_oid: u32, format: i16, bytes: &[u8]) -> Result<ScalarValue, PgTypeError> {
+    match format {
+        0 => decode_text_param(type_oid, bytes),
+        1 => decode_binary_param(type_oid, bytes),
+        f => Err(PgTypeError::new(
+            sqlstate::INVALID_PARAMETER_VALUE,
+            format!("unsupported format code: {f}"),
+        )),
+    }
+}
+
+fn utf8(bytes: &[u8]) -> Result<&str, PgTypeError> {
+    let bad = |b: u8| {
+        PgTypeError::new(
+            sqlstate::CHARACTER_NOT_IN_REPERTOIRE,
+            format!("invalid byte sequence for encoding \"UTF8\": 0x{b:02x}"),
+        )
+    };
+    let s = std::str::from_utf8(bytes).map_err(|e| bad(bytes[e.valid_up_to()]))?;
+    // PostgreSQL text cannot contain NUL.
+    if s.contains('\0') {
+        return Err(bad(0));
+    }
+    Ok(s)
+}
+
+/// PostgreSQL's `isspace` set (includes vertical tab, which `char::is_ascii_whitespace` lacks).
+fn trim_pg(s: &str) -> &str {
+    s.trim_matches(|c: char| matches!(c, ' ' | '\t' | '\n' | '\r' | '\x0b' | '\x0c'))
+}
+
+fn decode_text_param(type_oid: u32, bytes: &[u8]) -> Result<ScalarValue, PgTypeError> {
+    let s = utf8(bytes)?;
+    Ok(match type_oid {
+        oid::BOOL => ScalarValue::Boolean(Some(parse_bool(s)?)),
+        oid::INT2 => {
+            ScalarValue::Int16(Some(
+                parse_int(s, "smallint", i16::MIN.into(), i16::MAX.into())? as i16,
+            ))
+        }
+        oid::INT4 => {
+            ScalarValue::Int32(Some(
+                parse_int(s, "integer", i32::MIN.into(), i32::MAX.into())? as i32,
+            ))
+        }
+        oid::INT8 => {
+            ScalarValue::Int64(Some(
+                parse_int(s, "bigint", i64::MIN.into(), i64::MAX.into())? as i64,
+            ))
+        }
+        oid::FLOAT4 => ScalarValue::Float32(Some(parse_float(s, "real")? as f32)),
+        oid::FLOAT8 => ScalarValue::Float64(Some(parse_float(s, "double precision")?)),
+        oid::NUMERIC => parse_numeric(s)?,
+        oid::DATE => ScalarValue::Date32(Some(parse_datetime(s, Kind::Date)? as i32)),
+        oid::TIMESTAMP => {
+            ScalarValue::TimestampMicrosecond(Some(parse_datetime(s, Kind::Timestamp)?), None)
+        }
+        oid::TIMESTAMPTZ => ScalarValue::TimestampMicrosecond(
+            Some(parse_datetime(s, Kind::TimestampTz)?),
+            Some(Arc::from(UTC_TZ)),
+        ),
+        oid::BYTEA => ScalarValue::Binary(Some(parse_bytea(s)?)),
+        _ => ScalarValue::Utf8(Some(s.to_string())),
+    })
+}
+
+/// `boolin`: t/true/y/yes/on/1 and f/false/n/no/off/0, case-insensitive, unique prefixes.
+fn parse_bool(s: &str) -> Result<bool, PgTypeError> {
+    let t = trim_pg(s).to_ascii_lowercase();
+    let prefix_of = |word: &str, min: usize| t.len() >= min && word.starts_with(t.as_str());
+    if prefix_of("true", 1) || prefix_of("yes", 1) || prefix_of("on", 2) || t == "1" {
+        Ok(true)
+    } else if prefix_of("false", 1) || prefix_of("no", 1) || prefix_of("off", 2) || t == "0" {
+        Ok(false)
+    } else {
+        Err(syntax("boolean", s))
+    }
+}
+
+/// `int2in`/`int4in`/`int8in` of PostgreSQL 15: optional sign, decimal digits, surrounding
+/// whitespace.
+fn parse_int(s: &str, tname: &str, min: i128, max: i128) -> Result<i128, PgTypeError> {
+    let t = trim_pg(s);
+    let (neg, digits) = match t.as_bytes().first() {
+        Some(b'-') => (true, &t[1..]),
+        Some(b'+') => (false, &t[1..]),
+        _ => (false, t),
+    };
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(syntax(tname, s));
+    }
+    let range = || {
+        PgTypeError::new(
+            sqlstate::NUMERIC_VALUE_OUT_OF_RANGE,
+            format!("value \"{s}\" is out of range for type {tname}"),
+        )
+    };
+    let mut v: i128 = 0;
+    for b in digits.bytes() {
+        v = v * 10 + i128::from(b - b'0');
+        if v > max + 1 {
+            return Err(range());
+        }
+    }
+    let v = if neg { -v } else { v };
+    if v < min || v > max {
+        return Err(range());
+    }
+    Ok(v)
+}
+
+/// Checks `[+-]? (digits [. digits*] | . digits) ([eE] [+-]? digits)?`; returns the mantissa
+/// digits (without point), the count of fraction digits and the exponent.
+fn scan_decimal(t: &str) -> Option<(String, usize, i64)> {
+    let b = t.as_bytes();
+    let mut i = usize::from(matches!(b.first(), Some(b'+' | b'-')));
+    let mut digits = String::new();
+    let mut frac = 0usize;
+    let mut seen_point = false;
+    while let Some(&c) = b.get(i) {
+        if c.is_ascii_digit() {
+            digits.push(char::from(c));
+            frac += usize::from(seen_point);
+        } else if c == b'.' && !seen_point {
+            seen_point = true;
+        } else {
+            break;
+        }
+        i += 1;
+    }
+    if digits.is_empty() {
+        return None;
+    }
+    let mut exp = 0i64;
+    if matches!(b.get(i), Some(b'e' | b'E')) {
+        let rest = &t[i + 1..];
+        let unsigned = rest.strip_prefix(['+', '-']).unwrap_or(rest);
+        if unsigned.is_empty() || !unsigned.bytes().all(|c| c.is_ascii_digit()) {
+            return None;
+        }
+        // Clamp absurd exponents; they end in a range error either way.
+        exp = unsigned
+            .parse::<i64>()
+            .unwrap_or(i64::MAX / 2)
+            .min(1_000_000);
+        if rest.starts_with('-') {
+            exp = -exp;
+        }
+        i = t.len();
+    }
+    (i == t.len()).then_some((digits, frac, exp))
+}
+
+/// `float4in`/`float8in`: NaN and Infinity spellings, decimal notation, range errors for
+/// overflow and for underflow to zero.
+fn parse_float(s: &str, tname: &str) -> Result<f64, PgTypeError> {
+    let t = trim_pg(s);
+    match t.to_ascii_lowercase().as_str() {
+        "nan" | "+nan" | "-nan" => return Ok(f64::NAN),
+        "infinity" | "+infinity" | "inf" | "+inf" => return Ok(f64::INFINITY),
+        "-infinity" | "-inf" => return Ok(f64::NEG_INFINITY),
+        _ => {}
+    }
+    let (digits, _, _) = scan_decimal(t).ok_or_else(|| syntax(tname, s))?;
+    let range = || {
+        PgTypeError::new(
+            sqlstate::NUMERIC_VALUE_OUT_OF_RANGE,
+            format!("\"{t}\" is out of range for type {tname}"),
+        )
+    };
+    let nonzero = digits.bytes().any(|c| c != b'0');
+    let v = if tname == "real" {
+        f64::from(t.parse::<f32>().map_err(|_| syntax(tname, s))?)
+    } else {
+        t.parse::<f64>().map_err(|_| syntax(tname, s))?
+    };
+    if v.is_infinite() || (v == 0.0 && nonzero) {
+        return Err(range());
+    }
+    Ok(v)
+}
+
+/// `numeric_in` into a Decimal128(38, scale of the text). NaN and Infinity are not
+/// representable in Decimal128 and are refused.
+fn parse_numeric(s: &str) -> Result<ScalarValue, PgTypeError> {
+    let t = trim_pg(s);
+    let lower = t.to_ascii_lowercase();
+    if matches!(
+        lower.trim_start_matches(['+', '-']),
+        "nan" | "infinity" | "inf"
+    ) {
+        return Err(PgTypeError::new(
+            sqlstate::FEATURE_NOT_SUPPORTED,
+            format!("numeric value \"{t}\" is not supported"),
+        ));
+    }
+    let (digits, frac, exp) = scan_decimal(t).ok_or_else(|| syntax("numeric", s))?;
+    let overflow = || {
+        PgTypeError::new(
+            sqlstate::NUMERIC_VALUE_OUT_OF_RANGE,
+            format!("numeric value \"{t}\" is out of range: at most 38 digits are supported"),
+        )
+    };
+    let mut scale = frac as i64 - exp;
+    let mut significant = digits.trim_start_matches('0').to_string();
+    if scale < 0 {
+        if significant.is_empty() {
+            scale = 0;
+        } else {
+            if -scale > 38 {
+                return Err(overflow());
+            }
+            significant.push_str(&"0".repeat((-scale) as usize));
+            scale = 0;
+        }
+    }
+    if scale > 38 || significant.len() > 38 {
+        return Err(overflow());
+    }
+    let mut v: i128 = 0;
+    for c in significant.bytes() {
+        v = v * 10 + i128::from(c - b'0');
+    }
+    if t.starts_with('-') {
+        v = -v;
+    }
+    Ok(ScalarValue::Decimal128(Some(v), 38, scale as i8))
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Kind {
+    Date,
+    Timestamp,
+    TimestampTz,
+}
+
+/// Reads 1..=max ASCII digits at `*i`.
+fn take_digits(b: &[u8], i: &mut usize, max: usize) -> Option<(i64, usize)> {
+    let start = *i;
+    let mut v = 0i64;
+    while *i < b.len() && *i - start < max && b[*i].is_ascii_digit() {
+        v = v * 10 + i64::from(b[*i] - b'0');
+        *i += 1;
+    }
+    (*i > start).then_some((v, *i - start))
+}
+
+/// ISO dates and timestamps: `YYYY-MM-DD[( |T)HH:MM[:SS[.fff]]][ ][zone][ BC|AD]` where zone
+/// is Z, UTC, GMT or `±HH[[:]MM[[:]SS]]`, plus infinity/-infinity/epoch. Returns Arrow days
+/// (Date) or microseconds since 1970 in UTC. A zone given for a plain timestamp is ignored,
+/// as PostgreSQL does; without one, timestamptz input is in the session zone (UTC).
+fn parse_datetime(s: &str, kind: Kind) -> Result<i64, PgTypeError> {
+    let tname = match kind {
+        Kind::Date => "date",
+        Kind::Timestamp => "timestamp",
+        Kind::TimestampTz => "timestamp with time zone",
+    };
+    let t = trim_pg(s);
+    let bad = || {
+        PgTypeError::new(
+            sqlstate::INVALID_DATETIME_FORMAT,
+            format!("invalid input syntax for type {tname}: \"{s}\""),
+        )
+    };
+    let field_range = || {
+        PgTypeError::new(
+            sqlstate::DATETIME_FIELD_OVERFLOW,
+            format!("date/time field value out of range: \"{s}\""),
+        )
+    };
+    let (max, min) = match kind {
+        Kind::Date => (i64::from(i32::MAX), i64::from(i32::MIN)),
+        _ => (i64::MAX, i64::MIN),
+    };
+    match t.to_ascii_lowercase().as_str() {
+        "infinity" | "+infinity" => return Ok(max),
+        "-infinity" => return Ok(min),
+        "epoch" => return Ok(0),
+        _ => {}
+    }
+    let b = t.as_bytes();
+    let mut i = 0;
+    let (year, _) = take_digits(b, &mut i, 9).ok_or_else(bad)?;
+    let expect = |i: &mut usize, c: u8| {
+        if b.get(*i) == Some(&c) {
+            *i += 1;
+            Ok(())
+        } else {
+            Err(bad())
+        }
+    };
+    expect(&mut i, b'-')?;
+    let (month, _) = take_digits(b, &mut i, 2).ok_or_else(bad)?;
+    expect(&mut i, b'-')?;
+    let (day, _) = take_digits(b, &mut i, 2).ok_or_else(bad)?;
+    let (mut hour, mut minute, mut sec, mut micros) = (0i64, 0i64, 0i64, 0i64);
+    let skip_spaces = |i: &mut usize| {
+        while b.get(*i) == Some(&b' ') {
+            *i += 1;
+        }
+    };
+    let mut j = i;
+    if matches!(b.get(j), Some(b'T' | b't')) {
+        j += 1;
+    } else {
+        skip_spaces(&mut j);
+    }
+    if j > i && b.get(j).is_some_and(u8::is_ascii_digit) {
+        i = j;
+        hour = take_digits(b, &mut i, 2).ok_or_else(bad)?.0;
+        expect(&mut i, b':')?;
+        minute = take_digits(b, &mut i, 2).ok_or_else(bad)?.0;
+        if b.get(i) == Some(&b':') {
+            i += 1;
+            sec = take_digits(b, &mut i, 2).ok_or_else(bad)?.0;
+            if b.get(i) == Some(&b'.') {
+                i += 1;
+                let start = i;
+                while b.get(i).is_some_and(u8::is_ascii_digit) {
+                    i += 1;
+                }
+                let frac = &t[start..i];
+                // Microsecond precision, rounding half up on the seventh digit.
+                for k in 0..6 {
+                    micros =
+                        micros * 10 + frac.as_bytes().get(k).map_or(0, |d| i64::from(d - b'0'));
+                }
+                if frac.as_bytes().get(6).is_some_and(|d| *d >= b'5') {
+                    micros += 1;
+                }
+            }
+        }
+    }
+    skip_spaces(&mut i);
+    let mut offset_secs = 0i64;
+    let rest = &t[i..];
+    let upper = rest.to_ascii_uppercase();
+    if upper.starts_with("UTC") || upper.starts_with("GMT") {
+        i += 3;
+    } else if upper.starts_with('Z') {
+        i += 1;
+    } else if let Some(sign @ (b'+' | b'-')) = b.get(i).copied() {
+        i += 1;
+        let (h, n) = take_digits(b, &mut i, 4).ok_or_else(bad)?;
+        // "+0530" and "+530" are HHMM / HMM; "+05" and "+5" hours only.
+        let (oh, mut om, mut os) = if n > 2 {
+            (h / 100, h % 100, 0)
+        } else {
+            (h, 0, 0)
+        };
+        if n <= 2 && b.get(i) == Some(&b':') {
+            i += 1;
+            om = take_digits(b, &mut i, 2).ok_or_else(bad)?.0;
+            if b.get(i) == Some(&b':') {
+                i += 1;
+                os = take_digits(b, &mut i, 2).ok_or_else(bad)?.0;
+            }
+        }
+        if oh > 15 || om > 59 || os > 59 {
+            return Err(PgTypeError::new(
+                sqlstate::DATETIME_FIELD_OVERFLOW,
+                format!("time zone displacement out of range: \"{s}\""),
+            ));
+        }
+        offset_secs = (oh * 3600 + om * 60 + os) * if sign == b'-' { -1 } else { 1 };
+    }
+    skip_spaces(&mut i);
+    let era = t[i..].to_ascii_uppercase();
+    let bc = match era.as_str() {
+        "" | "AD" => false,
+        "BC" => true,
+        _ => return Err(bad()),
+    };
+    if year == 0
+        || !(1..=12).contains(&month)
+        || day < 1
+        || day > days_in_month(if bc { 1 - year } else { year }, month)
+    {
+        return Err(field_range());
+    }
+    let hour24 = hour == 24 && minute == 0 && sec == 0 && micros == 0;
+    if (hour > 23 && !hour24) || minute > 59 || sec > 60 {
+        return Err(field_range());
+    }
+    let days = days_from_civil(if bc { 1 - year } else { year }, month, day);
+    if kind == Kind::Date {
+        if !(MIN_DATE..END_DATE).contains(&days) {
+            return Err(PgTypeError::new(
+                sqlstate::DATETIME_FIELD_OVERFLOW,
+                format!("date out of range: \"{s}\""),
+            ));
+        }
+        return Ok(days);
+    }
+    let zone = if kind == Kind::TimestampTz {
+        offset_secs
+    } else {
+        0
+    };
+    let total = i128::from(days) * i128::from(USECS_PER_DAY)
+        + i128::from(((hour * 60 + minute) * 60 + sec - zone) * 1_000_000 + micros);
+    if total < i128::from(MIN_TIMESTAMP) || total >= i128::from(i64::MAX) {
+        return Err(PgTypeError::new(
+            sqlstate::DATETIME_FIELD_OVERFLOW,
+            format!("timestamp out of range: \"{s}\""),
+        ));
+    }
+    Ok(total as i64)
+}
+
+/// `byteain`: `\x` hex (whitespace between digit pairs allowed) or the escape format.
+fn parse_bytea(s: &str) -> Result<Vec<u8>, PgTypeError> {
+    let b = s.as_bytes();
+    if let Some(hex) = s.strip_prefix("\\x") {
+        let hex = hex.as_bytes();
+        let nibble = |c: u8, i: usize| -> Result<u8, PgTypeError> {
+            match c {
+                b'0'..=b'9' => Ok(c - b'0'),
+                b'a'..=b'f' => Ok(c - b'a' + 10),
+                b'A'..=b'F' => Ok(c - b'A' + 10),
+                _ => Err(PgTypeError::new(
+                    sqlstate::INVALID_TEXT_REPRESENTATION,
+                    format!(
+                        "invalid hexadecimal digit: \"{}\"",
+                        s.get(2 + i..).and_then(|r| r.chars().next()).unwrap_or('?')
+                    ),
+                )),
+            }
+        };
+        let mut out = Vec::with_capacity(hex.len() / 2);
+        let mut i = 0;
+        while i < hex.len() {
+            if matches!(hex[i], b' ' | b'\t' | b'\n' | b'\r') {
+                i += 1;
+                continue;
+            }
+            let hi = nibble(hex[i], i)?;
+            let lo = match hex.get(i + 1) {
+                Some(c) => nibble(*c, i + 1)?,
+                None => {
+                    return Err(PgTypeError::new(
+                        sqlstate::INVALID_TEXT_REPRESENTATION,
+                        "invalid hexadecimal data: odd number of digits",
+                    ))
+                }
+            };
+            out.push(hi << 4 | lo);
+            i += 2;
+        }
+        return Ok(out);
+    }
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] != b'\\' {
+            out.push(b[i]);
+            i += 1;
+        } else if b.get(i + 1) == Some(&b'\\') {
+            out.push(b'\\');
+            i += 2;
+        } else if let [d0 @ b'0'..=b'3', d1 @ b'0'..=b'7', d2 @ b'0'..=b'7', ..] = &b[i + 1..] {
+            out.push(((d0 - b'0') << 6) | ((d1 - b'0') << 3) | (d2 - b'0'));
+            i += 4;
+        } else {
+            return Err(syntax("bytea", s));
+        }
+    }
+    Ok(out)
+}
+
+fn fixed<const N: usize>(bytes: &[u8]) -> Result<[u8; N], PgTypeError> {
+    match bytes.len().cmp(&N) {
+        std::cmp::Ordering::Less => Err(insufficient()),
+        std::cmp::Ordering::Greater => Err(extra_data()),
+        std::cmp::Ordering::Equal => {
+            let mut a = [0u8; N];
+            a.copy_from_slice(bytes);
+            Ok(a)
+        }
+    }
+}
+
+fn extra_data() -> PgTypeError {
+    PgTypeError::new(
+        sqlstate::INVALID_BINARY_REPRESENTATION,
+        "incorrect binary data format in bind parameter",
+    )
+}
+
+fn insufficient() -> PgTypeError {
+    PgTypeError::new(
+        sqlstate::PROTOCOL_VIOLATION,
+        "insufficient data left in message",
+    )
+}
+
+fn decode_binary_param(type_oid: u32, bytes: &[u8]) -> Result<ScalarValue, PgTypeError> {
+    Ok(match type_oid {
+        oid::BOOL => ScalarValue::Boolean(Some(fixed::<1>(bytes)?[0] != 0)),
+        oid::INT2 => ScalarValue::Int16(Some(i16::from_be_bytes(fixed(bytes)?))),
+        oid::INT4 => ScalarValue::Int32(Some(i32::from_be_bytes(fixed(bytes)?))),
+        oid::INT8 => ScalarValue::Int64(Some(i64::from_be_bytes(fixed(bytes)?))),
+        oid::FLOAT4 => ScalarValue::Float32(Some(f32::from_be_bytes(fixed(bytes)?))),
+        oid::FLOAT8 => ScalarValue::Float64(Some(f64::from_be_bytes(fixed(bytes)?))),
+        oid::TEXT
+        | oid::VARCHAR
+        | oid::BPCHAR
+        | oid::NAME
+        | oid::UNKNOWN
+        | oid::JSON
+        | oid::UNSPECIFIED => ScalarValue::Utf8(Some(utf8(bytes)?.to_string())),
+        oid::JSONB => match bytes.split_first() {
+            Some((1, rest)) => ScalarValue::Utf8(Some(utf8(rest)?.to_string())),
+            Some((v, _)) => {
+                return Err(PgTypeError::new(
+                    sqlstate::INVALID_BINARY_REPRESENTATION,
+                    format!("unsupported jsonb version number {v}"),
+                ))
+            }
+            None => return Err(insufficient()),
+        },
+        oid::BYTEA => ScalarValue::Binary(Some(bytes.to_vec())),
+        oid::DATE => {
+            let pg = i32::from_be_bytes(fixed(bytes)?);
+            let days = match pg {
+                i32::MAX | i32::MIN => pg,
+                _ => i32::try_from(i64::from(pg) + UNIX_TO_PG_DAYS)
+                    .ok()
+                    .filter(|d| *d != i32::MAX)
+                    .ok_or_else(|| out_of_range("date"))?,
+            };
+            ScalarValue::Date32(Some(days))
+        }
+        oid::TIMESTAMP | oid::TIMESTAMPTZ => {
+            let pg = i64::from_be_bytes(fixed(bytes)?);
+            let micros = match pg {
+                i64::MAX | i64::MIN => pg,
+                _ => pg
+                    .checked_add(UNIX_TO_PG_MICROS)
+                    .filter(|m| *m != i64::MAX)
+                    .ok_or_else(|| out_of_range("timestamp"))?,
+            };
+            let tz = (type_oid == oid::TIMESTAMPTZ).then(|| Arc::from(UTC_TZ));
+            ScalarValue::TimestampMicrosecond(Some(micros), tz)
+        }
+        oid::NUMERIC => decode_numeric_binary(bytes)?,
+        other => {
+            return Err(PgTypeError::new(
+                sqlstate::UNDEFINED_FUNCTION,
+                format!("no binary input function available for type oid {other}"),
+            ))
+        }
+    })
+}
+
+/// `numeric_recv` into Decimal128(38, dscale); digits hidden by dscale are truncated away as
+/// PostgreSQL does.
+fn decode_numeric_binary(bytes: &[u8]) -> Result<ScalarValue, PgTypeError> {
+    let invalid = |what: &str| {
+        PgTypeError::new(
+            sqlstate::INVALID_BINARY_REPRESENTATION,
+            format!("invalid {what} in external \"numeric\" value"),
+        )
+    };
+    let header: [u8; 8] = bytes
+        .get(..8)
+        .and_then(|h| h.try_into().ok())
+        .ok_or_else(insufficient)?;
+    let ndigits = i16::from_be_bytes([header[0], header[1]]);
+    let weight = i64::from(i16::from_be_bytes([header[2], header[3]]));
+    let sign = u16::from_be_bytes([header[4], header[5]]);
+    let dscale = u16::from_be_bytes([header[6], header[7]]);
+    if ndigits < 0 {
+        return Err(invalid("length"));
+    }
+    let body = &bytes[8..];
+    let ndigits = ndigits as usize;
+    if body.len() < 2 * ndigits {
+        return Err(insufficient());
+    }
+    if body.len() > 2 * ndigits {
+        return Err(extra_data());
+    }
+    match sign {
+        0x0000 | 0x4000 => {}
+        0xC000 | 0xD000 | 0xF000 => {
+            return Err(PgTypeError::new(
+                sqlstate::FEATURE_NOT_SUPPORTED,
+                "numeric NaN and Infinity are not supported",
+            ))
+        }
+        _ => return Err(invalid("sign")),
+    }
+    if dscale & 0x3FFF != dscale {
+        return Err(invalid("scale"));
+    }
+    let overflow = || {
+        PgTypeError::new(
+            sqlstate::NUMERIC_VALUE_OUT_OF_RANGE,
+            "numeric value out of range: at most 38 digits are supported",
+        )
+    };
+    if dscale > 38 {
+        return Err(overflow());
+    }
+    let mut v: i128 = 0;
+    for (k, pair) in body.chunks_exact(2).enumerate() {
+        let d = i16::from_be_bytes([pair[0], pair[1]]);
+        if !(0..10_000).contains(&d) {
+            return Err(invalid("digit"));
+        }
+        // This digit is worth d * 10^(4 * (weight - k) + dscale) in units of 10^-dscale.
+        let exp10 = 4 * (weight - k as i64) + i64::from(dscale);
+        let term = if exp10 >= 0 {
+            if exp10 > 38 {
+                if d == 0 {
+                    continue;
+                }
+                return Err(overflow());
+            }
+            i128::from(d)
+                .checked_mul(10i128.pow(exp10 as u32))
+                .ok_or_else(overflow)?
+        } else if exp10 > -4 {
+            i128::from(d) / 10i128.pow((-exp10) as u32)
+        } else {
+            0
+        };
+        v = v.checked_add(term).ok_or_else(overflow)?;
+    }
+    if v >= 10i128.pow(38) {
+        return Err(overflow());
+    }
+    Ok(ScalarValue::Decimal128(
+        Some(if sign == 0x4000 { -v } else { v }),
+        38,
+        dscale as i8,
+    ))
+}

@@ -1,0 +1,604 @@
+//! One client connection: startup, the simple and extended query protocols, and error
+//! recovery, on top of [`super::messages`] and [`crate::session::Session`].
+//!
+//! After an error in the extended protocol, messages are discarded until Sync, as
+//! PostgreSQL does. A malformed message closes this connection only.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use datafusion::arrow::datatypes::{DataType, Field, SchemaRef};
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::scalar::ScalarValue;
+use datafusion::sql::sqlparser::ast::Statement;
+use tokio::io::{AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tracing::{debug, info};
+
+use super::messages::{
+    read_message, read_startup, BackendBuffer, ErrorFields, FieldDescription, FrontendMessage,
+    StartupRequest, TargetKind,
+};
+use crate::engine::Engine;
+use crate::error::{sqlstate, SqlError};
+use crate::pgtypes;
+use crate::session::{default_settings, parse_sql, Description, Outcome, Session};
+
+/// Output is written to the socket whenever this much is buffered.
+pub const OUTPUT_FLUSH_BYTES: usize = 64 << 10;
+
+/// Parameters of unknown type are sent as text.
+const TEXT_OID: u32 = 25;
+
+static NEXT_PROCESS_ID: AtomicI32 = AtomicI32::new(1000);
+
+struct Prepared {
+    statement: Option<Statement>,
+    declared_types: Vec<u32>,
+    description: Option<Arc<Description>>,
+}
+
+struct Portal {
+    statement: Option<Statement>,
+    params: Vec<ScalarValue>,
+    result_formats: Vec<i16>,
+    description: Option<Arc<Description>>,
+    /// Rows left over from an Execute with a row limit.
+    pending: Option<PendingRows>,
+}
+
+struct PendingRows {
+    batches: Vec<RecordBatch>,
+    batch_idx: usize,
+    row_idx: usize,
+    sent: usize,
+    tag: String,
+}
+
+fn oid_of(data_type: &DataType) -> u32 {
+    pgtypes::pg_type_for_field(&Field::new("", data_type.clone(), true)).oid
+}
+
+fn error_fields(e: &SqlError) -> ErrorFields {
+    ErrorFields {
+        severity: "ERROR",
+        code: e.code.to_string(),
+        message: e.message.clone(),
+        detail: e.detail.clone(),
+        hint: e.hint.clone(),
+        position: None,
+    }
+}
+
+struct Connection {
+    out: BackendBuffer,
+    session: Session,
+    statements: HashMap<String, Prepared>,
+    portals: HashMap<String, Portal>,
+}
+
+/// Serves one client until it disconnects.
+pub async fn serve_connection(stream: TcpStream, engine: Arc<Engine>) {
+    let peer = stream.peer_addr().ok();
+    stream.set_nodelay(true).ok();
+    let (reader, mut writer) = stream.into_split();
+    let mut reader = BufReader::new(reader);
+    let params = loop {
+        match read_startup(&mut reader).await {
+            Ok(Some(StartupRequest::SslRequest)) | Ok(Some(StartupRequest::GssEncRequest)) => {
+                if writer.write_all(b"N").await.is_err() {
+                    return;
+                }
+            }
+            Ok(Some(StartupRequest::Startup { params, .. })) => break params,
+            Ok(Some(StartupRequest::Cancel { .. })) | Ok(None) => return,
+            Err(e) => {
+                debug!(?peer, "bad startup packet: {e}");
+                let mut out = BackendBuffer::new();
+                out.error_response(&ErrorFields {
+                    severity: "FATAL",
+                    code: sqlstate::PROTOCOL_VIOLATION.into(),
+                    message: format!("invalid startup packet: {e}"),
+                    detail: None,
+                    hint: None,
+                    position: None,
+                });
+                let _ = writer.write_all(&out.take()).await;
+                return;
+            }
+        }
+    };
+    let param = |name: &str| {
+        params
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    };
+    let user = param("user").unwrap_or_else(|| "omendb".into());
+    let mut conn = Connection {
+        out: BackendBuffer::new(),
+        session: Session::new(engine, user.clone()),
+        statements: HashMap::new(),
+        portals: HashMap::new(),
+    };
+    conn.out.authentication_ok();
+    for (name, value) in default_settings() {
+        let value = match name {
+            "application_name" => param("application_name").unwrap_or_default(),
+            _ => value.to_string(),
+        };
+        conn.out.parameter_status(name, &value);
+    }
+    conn.out.parameter_status("session_authorization", &user);
+    let process_id = NEXT_PROCESS_ID.fetch_add(1, Ordering::Relaxed);
+    conn.out
+        .backend_key_data(process_id, process_id.wrapping_mul(7919));
+    conn.out.ready_for_query(b'I');
+    if writer.write_all(&conn.out.take()).await.is_err() {
+        return;
+    }
+    info!(?peer, %user, "connection started");
+
+    let mut skip_until_sync = false;
+    loop {
+        let message = match read_message(&mut reader).await {
+            Ok(Some(message)) => message,
+            Ok(None) => break,
+            Err(e) => {
+                debug!(?peer, "protocol error: {e}");
+                conn.out.error_response(&ErrorFields {
+                    severity: "FATAL",
+                    code: sqlstate::PROTOCOL_VIOLATION.into(),
+                    message: format!("protocol error: {e}"),
+                    detail: None,
+                    hint: None,
+                    position: None,
+                });
+                let _ = writer.write_all(&conn.out.take()).await;
+                break;
+            }
+        };
+        let mut flush = false;
+        match message {
+            FrontendMessage::Terminate => break,
+            FrontendMessage::Query(sql) => {
+                skip_until_sync = false;
+                conn.simple_query(&sql, &mut writer).await;
+                flush = true;
+            }
+            FrontendMessage::Sync => {
+                skip_until_sync = false;
+                if !conn.session_in_transaction() {
+                    conn.portals.clear();
+                }
+                conn.out.ready_for_query(conn.session.transaction_status());
+                flush = true;
+            }
+            FrontendMessage::Flush => flush = true,
+            _ if skip_until_sync => {}
+            message => {
+                if let Err(e) = conn.extended(message, &mut writer).await {
+                    conn.session.fail_transaction();
+                    conn.out.error_response(&error_fields(&e));
+                    skip_until_sync = true;
+                }
+            }
+        }
+        if flush || conn.out.buf.len() >= OUTPUT_FLUSH_BYTES {
+            if writer.write_all(&conn.out.take()).await.is_err() {
+                break;
+            }
+        }
+    }
+    info!(?peer, "connection ended");
+}
+
+impl Connection {
+    fn session_in_transaction(&self) -> bool {
+        self.session.transaction_status() != b'I'
+    }
+
+    async fn flush_if_large(&mut self, writer: &mut tokio::net::tcp::OwnedWriteHalf) {
+        if self.out.buf.len() >= OUTPUT_FLUSH_BYTES {
+            let _ = writer.write_all(&self.out.take()).await;
+        }
+    }
+
+    fn send_notices(&mut self) {
+        for notice in self.session.take_notices() {
+            self.out.notice_response(&ErrorFields {
+                severity: "NOTICE",
+                code: notice.code.to_string(),
+                message: notice.message,
+                detail: notice.detail,
+                hint: notice.hint,
+                position: None,
+            });
+        }
+    }
+
+    fn row_description(&mut self, schema: &SchemaRef, names: &[String], formats: &[i16]) {
+        let fields: Vec<FieldDescription> = schema
+            .fields()
+            .iter()
+            .enumerate()
+            .map(|(i, field)| {
+                let pg_type = pgtypes::pg_type_for_field(field);
+                FieldDescription {
+                    name: names
+                        .get(i)
+                        .cloned()
+                        .unwrap_or_else(|| field.name().clone()),
+                    table_oid: 0,
+                    column_attr: 0,
+                    type_oid: pg_type.oid,
+                    type_len: pg_type.typlen,
+                    type_modifier: pg_type.typmod,
+                    format: format_for(formats, i),
+                }
+            })
+            .collect();
+        self.out.row_description(&fields);
+    }
+
+    /// Writes rows; stops after `limit` rows (0 = no limit) and returns whether all were sent.
+    async fn data_rows(
+        &mut self,
+        pending: &mut PendingRows,
+        formats: &[i16],
+        limit: usize,
+        writer: &mut tokio::net::tcp::OwnedWriteHalf,
+    ) -> Result<bool, SqlError> {
+        let mut scratch = BytesMut::new();
+        let mut n_sent = 0;
+        while pending.batch_idx < pending.batches.len() {
+            let batch = pending.batches[pending.batch_idx].clone();
+            while pending.row_idx < batch.num_rows() {
+                if limit > 0 && n_sent == limit {
+                    return Ok(false);
+                }
+                let row = pending.row_idx;
+                let mut data_row = self.out.begin_data_row(batch.num_columns() as i16);
+                for (i, column) in batch.columns().iter().enumerate() {
+                    if column.is_null(row) {
+                        data_row.null();
+                        continue;
+                    }
+                    scratch.clear();
+                    let encoded = if format_for(formats, i) == 1 {
+                        pgtypes::encode_binary(column.as_ref(), row, &mut scratch)
+                    } else {
+                        pgtypes::encode_text(column.as_ref(), row, &mut scratch)
+                    };
+                    if let Err(e) = encoded {
+                        data_row.null();
+                        data_row.finish();
+                        return Err(SqlError::internal(format!("could not encode a value: {e}")));
+                    }
+                    data_row.value(&scratch);
+                }
+                data_row.finish();
+                pending.row_idx += 1;
+                pending.sent += 1;
+                n_sent += 1;
+                self.flush_if_large(writer).await;
+            }
+            pending.batch_idx += 1;
+            pending.row_idx = 0;
+        }
+        Ok(true)
+    }
+
+    async fn simple_query(&mut self, sql: &str, writer: &mut tokio::net::tcp::OwnedWriteHalf) {
+        let statements = match parse_sql(sql) {
+            Ok(statements) => statements,
+            Err(e) => {
+                self.session.fail_transaction();
+                self.out.error_response(&error_fields(&e));
+                self.out.ready_for_query(self.session.transaction_status());
+                return;
+            }
+        };
+        if statements.is_empty() {
+            self.out.empty_query_response();
+        }
+        for statement in &statements {
+            let result = self.session.execute(statement, &[]).await;
+            self.send_notices();
+            match result {
+                Ok(Outcome::Command(tag)) => self.out.command_complete(&tag),
+                Ok(Outcome::Rows {
+                    schema,
+                    names,
+                    batches,
+                    tag,
+                }) => {
+                    self.row_description(&schema, &names, &[]);
+                    let mut pending = PendingRows {
+                        batches,
+                        batch_idx: 0,
+                        row_idx: 0,
+                        sent: 0,
+                        tag,
+                    };
+                    match self.data_rows(&mut pending, &[], 0, writer).await {
+                        Ok(_) => self.out.command_complete(&pending.tag),
+                        Err(e) => {
+                            self.session.fail_transaction();
+                            self.out.error_response(&error_fields(&e));
+                            break;
+                        }
+                    }
+                }
+                Err(e) => {
+                    self.out.error_response(&error_fields(&e));
+                    break;
+                }
+            }
+        }
+        self.out.ready_for_query(self.session.transaction_status());
+    }
+
+    async fn describe_statement(&mut self, name: &str) -> Result<Arc<Description>, SqlError> {
+        let prepared = self
+            .statements
+            .get(name)
+            .ok_or_else(|| unknown_statement(name))?;
+        if let Some(description) = &prepared.description {
+            return Ok(description.clone());
+        }
+        let description = match &prepared.statement {
+            Some(statement) => {
+                let statement = statement.clone();
+                Arc::new(self.session.describe(&statement).await?)
+            }
+            None => Arc::new(Description {
+                param_types: Vec::new(),
+                columns: None,
+            }),
+        };
+        if let Some(prepared) = self.statements.get_mut(name) {
+            prepared.description = Some(description.clone());
+        }
+        Ok(description)
+    }
+
+    /// Parameter type OIDs: the client's declared ones, else the inferred ones.
+    fn param_oids(prepared: &Prepared, description: &Description) -> Vec<u32> {
+        let n = prepared
+            .declared_types
+            .len()
+            .max(description.param_types.len());
+        (0..n)
+            .map(|i| match prepared.declared_types.get(i) {
+                Some(&oid) if oid != 0 => oid,
+                _ => description
+                    .param_types
+                    .get(i)
+                    .cloned()
+                    .flatten()
+                    .map_or(TEXT_OID, |t| oid_of(&t)),
+            })
+            .collect()
+    }
+
+    async fn extended(
+        &mut self,
+        message: FrontendMessage,
+        writer: &mut tokio::net::tcp::OwnedWriteHalf,
+    ) -> Result<(), SqlError> {
+        match message {
+            FrontendMessage::Parse {
+                name,
+                query,
+                param_types,
+            } => {
+                let mut statements = parse_sql(&query)?;
+                if statements.len() > 1 {
+                    return Err(SqlError::new(
+                        sqlstate::SYNTAX_ERROR,
+                        "cannot insert multiple commands into a prepared statement",
+                    ));
+                }
+                if !name.is_empty() && self.statements.contains_key(&name) {
+                    return Err(SqlError::new(
+                        "42P05",
+                        format!("prepared statement \"{name}\" already exists"),
+                    ));
+                }
+                let statement = statements.pop();
+                self.statements.insert(
+                    name.clone(),
+                    Prepared {
+                        statement,
+                        declared_types: param_types,
+                        description: None,
+                    },
+                );
+                // PostgreSQL checks names and types at Parse: so do we, for queries and DML.
+                if let Err(e) = self.describe_statement(&name).await {
+                    self.statements.remove(&name);
+                    return Err(e);
+                }
+                self.out.parse_complete();
+            }
+            FrontendMessage::Bind {
+                portal,
+                statement,
+                param_formats,
+                params,
+                result_formats,
+            } => {
+                let description = self.describe_statement(&statement).await?;
+                let prepared = self
+                    .statements
+                    .get(&statement)
+                    .ok_or_else(|| unknown_statement(&statement))?;
+                let oids = Self::param_oids(prepared, &description);
+                if params.len() != oids.len() {
+                    return Err(SqlError::new(
+                        sqlstate::PROTOCOL_VIOLATION,
+                        format!(
+                            "bind message supplies {} parameters, but prepared statement \"{statement}\" requires {}",
+                            params.len(),
+                            oids.len()
+                        ),
+                    ));
+                }
+                let mut values = Vec::with_capacity(params.len());
+                for (i, param) in params.iter().enumerate() {
+                    let format = format_for(&param_formats, i);
+                    let value = match param {
+                        None => {
+                            let data_type = description
+                                .param_types
+                                .get(i)
+                                .cloned()
+                                .flatten()
+                                .unwrap_or(DataType::Utf8);
+                            ScalarValue::try_from(&data_type).map_err(SqlError::internal)?
+                        }
+                        Some(bytes) => pgtypes::decode_param(oids[i], format, bytes)
+                            .map_err(|e| SqlError::new(e.sqlstate(), e.message().to_string()))?,
+                    };
+                    values.push(value);
+                }
+                let statement = prepared.statement.clone();
+                self.portals.insert(
+                    portal,
+                    Portal {
+                        statement,
+                        params: values,
+                        result_formats,
+                        description: Some(description),
+                        pending: None,
+                    },
+                );
+                self.out.bind_complete();
+            }
+            FrontendMessage::Describe {
+                kind: TargetKind::Statement,
+                name,
+            } => {
+                let description = self.describe_statement(&name).await?;
+                let prepared = self
+                    .statements
+                    .get(&name)
+                    .ok_or_else(|| unknown_statement(&name))?;
+                let oids = Self::param_oids(prepared, &description);
+                self.out.parameter_description(&oids);
+                match &description.columns {
+                    Some((schema, names)) => self.row_description(schema, names, &[]),
+                    None => self.out.no_data(),
+                }
+            }
+            FrontendMessage::Describe {
+                kind: TargetKind::Portal,
+                name,
+            } => {
+                let portal = self
+                    .portals
+                    .get(&name)
+                    .ok_or_else(|| unknown_portal(&name))?;
+                let formats = portal.result_formats.clone();
+                match portal.description.as_ref().and_then(|d| d.columns.clone()) {
+                    Some((schema, names)) => self.row_description(&schema, &names, &formats),
+                    None => self.out.no_data(),
+                }
+            }
+            FrontendMessage::Execute {
+                portal: name,
+                max_rows,
+            } => {
+                let portal = self
+                    .portals
+                    .get_mut(&name)
+                    .ok_or_else(|| unknown_portal(&name))?;
+                let formats = portal.result_formats.clone();
+                let mut pending = match portal.pending.take() {
+                    Some(pending) => pending,
+                    None => {
+                        let Some(statement) = portal.statement.clone() else {
+                            self.out.empty_query_response();
+                            return Ok(());
+                        };
+                        let params = portal.params.clone();
+                        let result = self.session.execute(&statement, &params).await;
+                        self.send_notices();
+                        match result? {
+                            Outcome::Command(tag) => {
+                                self.out.command_complete(&tag);
+                                return Ok(());
+                            }
+                            Outcome::Rows { batches, tag, .. } => PendingRows {
+                                batches,
+                                batch_idx: 0,
+                                row_idx: 0,
+                                sent: 0,
+                                tag,
+                            },
+                        }
+                    }
+                };
+                let limit = if max_rows > 0 { max_rows as usize } else { 0 };
+                if self
+                    .data_rows(&mut pending, &formats, limit, writer)
+                    .await?
+                {
+                    let tag = if pending.tag.starts_with("SELECT") {
+                        format!("SELECT {}", pending.sent)
+                    } else {
+                        pending.tag.clone()
+                    };
+                    self.out.command_complete(&tag);
+                } else {
+                    self.out.portal_suspended();
+                    if let Some(portal) = self.portals.get_mut(&name) {
+                        portal.pending = Some(pending);
+                    }
+                }
+            }
+            FrontendMessage::Close { kind, name } => {
+                match kind {
+                    TargetKind::Statement => self.statements.remove(&name).map(|_| ()),
+                    TargetKind::Portal => self.portals.remove(&name).map(|_| ()),
+                };
+                self.out.close_complete();
+            }
+            FrontendMessage::CopyData(_)
+            | FrontendMessage::CopyDone
+            | FrontendMessage::CopyFail(_) => {}
+            other => {
+                return Err(SqlError::new(
+                    sqlstate::PROTOCOL_VIOLATION,
+                    format!("unexpected message {other:?}"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn format_for(formats: &[i16], i: usize) -> i16 {
+    match formats {
+        [] => 0,
+        [single] => *single,
+        many => many.get(i).copied().unwrap_or(0),
+    }
+}
+
+fn unknown_statement(name: &str) -> SqlError {
+    SqlError::new(
+        sqlstate::INVALID_SQL_STATEMENT_NAME,
+        format!("prepared statement \"{name}\" does not exist"),
+    )
+}
+
+fn unknown_portal(name: &str) -> SqlError {
+    SqlError::new(
+        sqlstate::INVALID_CURSOR_NAME,
+        format!("portal \"{name}\" does not exist"),
+    )
+}

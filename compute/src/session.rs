@@ -1,0 +1,1087 @@
+//! One client session: transaction state and the execution of each SQL statement.
+//!
+//! SELECT is planned and run by DataFusion over [`OmenTable`] providers. DDL, DML and
+//! transactions are OmenDB's own: INSERT lets DataFusion evaluate and cast the rows to
+//! insert; UPDATE and DELETE let it find the affected rows (with their storage keys) and
+//! compute new values; the writes themselves, and every constraint check, happen here and go
+//! into the transaction's buffer, which COMMIT turns into one WAL record.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use datafusion::arrow::array::{Array, ArrayRef, BinaryArray};
+use datafusion::arrow::compute::{cast_with_options, CastOptions};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::common::TableReference;
+use datafusion::execution::runtime_env::RuntimeEnv;
+use datafusion::logical_expr::{DmlStatement, LogicalPlan, WriteOp};
+use datafusion::prelude::{SessionConfig, SessionContext};
+use datafusion::scalar::ScalarValue;
+use datafusion::sql::sqlparser::ast::{
+    self, AssignmentTarget, ColumnOption, Expr, FromTable, Ident, ObjectName, ObjectType,
+    SelectItem, SetExpr, Statement, TableConstraint, TableFactor,
+};
+use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
+use datafusion::sql::sqlparser::parser::Parser;
+
+use crate::catalog::{ColumnDef, TableDef, KEY_COLUMN};
+use crate::engine::{pageserver_error, Engine, Txn};
+use crate::error::{from_datafusion, sqlstate, SqlError};
+use crate::provider::OmenTable;
+use crate::rowcodec::{self, ColumnType};
+
+/// What a statement produced.
+pub enum Outcome {
+    /// Rows, with the column names PostgreSQL would give them.
+    Rows {
+        schema: SchemaRef,
+        names: Vec<String>,
+        batches: Vec<RecordBatch>,
+        tag: String,
+    },
+    /// A command tag such as `INSERT 0 3`.
+    Command(String),
+}
+
+/// What Describe reports for a statement before it runs.
+pub struct Description {
+    /// Inferred parameter types, `None` where nothing constrains them.
+    pub param_types: Vec<Option<DataType>>,
+    /// The result columns, when the statement returns rows.
+    pub columns: Option<(SchemaRef, Vec<String>)>,
+}
+
+/// Server settings reported to clients and readable with SHOW.
+pub fn default_settings() -> Vec<(&'static str, &'static str)> {
+    vec![
+        ("server_version", "15.0"),
+        ("server_version_num", "150000"),
+        ("server_encoding", "UTF8"),
+        ("client_encoding", "UTF8"),
+        ("DateStyle", "ISO, MDY"),
+        ("TimeZone", "UTC"),
+        ("integer_datetimes", "on"),
+        ("standard_conforming_strings", "on"),
+        ("IntervalStyle", "postgres"),
+        ("is_superuser", "on"),
+        ("application_name", ""),
+        ("transaction_isolation", "repeatable read"),
+        ("search_path", "\"$user\", public"),
+    ]
+}
+
+pub struct Session {
+    engine: Arc<Engine>,
+    runtime: Arc<RuntimeEnv>,
+    txn: Option<Txn>,
+    /// Inside BEGIN … COMMIT.
+    explicit: bool,
+    /// An error happened inside the explicit transaction: only ROLLBACK is accepted.
+    failed: bool,
+    settings: HashMap<String, String>,
+    /// Notices raised by the last statement, for the client.
+    notices: Vec<SqlError>,
+    pub user: String,
+}
+
+fn ident_name(ident: &Ident) -> String {
+    if ident.quote_style.is_some() {
+        ident.value.clone()
+    } else {
+        ident.value.to_lowercase()
+    }
+}
+
+/// The table name an object name refers to (`public.t` and `t` are the same table).
+fn table_name(name: &ObjectName) -> Result<String, SqlError> {
+    let parts: Vec<String> = name
+        .0
+        .iter()
+        .map(|part| {
+            part.as_ident()
+                .map(ident_name)
+                .ok_or_else(|| SqlError::unsupported("this table name"))
+        })
+        .collect::<Result<_, _>>()?;
+    match parts.as_slice() {
+        [table] => Ok(table.clone()),
+        [schema, table] if schema == "public" => Ok(table.clone()),
+        [schema, _] => Err(SqlError::new(
+            "3F000",
+            format!("schema \"{schema}\" does not exist"),
+        )),
+        _ => Err(SqlError::unsupported(format!("the name {name}"))),
+    }
+}
+
+fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+pub fn parse_sql(sql: &str) -> Result<Vec<Statement>, SqlError> {
+    Parser::parse_sql(&PostgreSqlDialect {}, sql).map_err(|e| {
+        let text = e.to_string();
+        let text = text.strip_prefix("sql parser error: ").unwrap_or(&text);
+        SqlError::new(sqlstate::SYNTAX_ERROR, format!("syntax error: {text}"))
+    })
+}
+
+fn undefined_table(name: &str) -> SqlError {
+    SqlError::new(
+        sqlstate::UNDEFINED_TABLE,
+        format!("relation \"{name}\" does not exist"),
+    )
+}
+
+/// The name PostgreSQL gives an unaliased output column (its FigureColname).
+fn figure_column_name(expr: &Expr) -> Option<String> {
+    match expr {
+        Expr::Identifier(ident) => Some(ident_name(ident)),
+        Expr::CompoundIdentifier(idents) => idents.last().map(ident_name),
+        Expr::Function(f) => f
+            .name
+            .0
+            .last()
+            .and_then(|p| p.as_ident())
+            .map(|i| i.value.to_lowercase()),
+        Expr::Cast {
+            expr, data_type, ..
+        } => figure_column_name(expr).or_else(|| Some(cast_type_name(data_type))),
+        Expr::Nested(inner) => figure_column_name(inner),
+        Expr::Case { .. } => Some("case".into()),
+        Expr::Exists { .. } => Some("exists".into()),
+        Expr::Extract { .. } => Some("extract".into()),
+        Expr::Substring { .. } => Some("substring".into()),
+        Expr::Trim { .. } => Some("btrim".into()),
+        Expr::Position { .. } => Some("position".into()),
+        Expr::Ceil { .. } => Some("ceil".into()),
+        Expr::Floor { .. } => Some("floor".into()),
+        _ => None,
+    }
+}
+
+fn cast_type_name(data_type: &ast::DataType) -> String {
+    match ColumnType::from_sql(data_type) {
+        Ok(ColumnType::SmallInt) => "int2".into(),
+        Ok(ColumnType::Int) => "int4".into(),
+        Ok(ColumnType::BigInt) => "int8".into(),
+        Ok(ColumnType::Double) => "float8".into(),
+        Ok(ColumnType::Real) => "float4".into(),
+        Ok(ColumnType::Text) => "text".into(),
+        Ok(ColumnType::Varchar(_)) => "varchar".into(),
+        Ok(ColumnType::Bool) => "bool".into(),
+        Ok(ColumnType::Numeric { .. }) => "numeric".into(),
+        Ok(ColumnType::Date) => "date".into(),
+        Ok(ColumnType::Timestamp) => "timestamp".into(),
+        Ok(ColumnType::TimestampTz) => "timestamptz".into(),
+        Ok(ColumnType::Bytea) => "bytea".into(),
+        Err(_) => data_type.to_string().to_lowercase(),
+    }
+}
+
+/// PostgreSQL's output column names for a query, where they can be derived from its
+/// top-level select list; DataFusion's names otherwise.
+fn output_names(query: &ast::Query, schema: &Schema) -> Vec<String> {
+    let fallback: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
+    let SetExpr::Select(select) = query.body.as_ref() else {
+        return fallback;
+    };
+    let n_wildcards = select
+        .projection
+        .iter()
+        .filter(|item| {
+            matches!(
+                item,
+                SelectItem::Wildcard(_) | SelectItem::QualifiedWildcard(..)
+            )
+        })
+        .count();
+    let n_named = select.projection.len() - n_wildcards;
+    if n_wildcards > 1
+        || (n_wildcards == 0 && n_named != fallback.len())
+        || n_named > fallback.len()
+    {
+        return fallback;
+    }
+    let wildcard_width = fallback.len() - n_named;
+    let mut names = Vec::with_capacity(fallback.len());
+    for item in &select.projection {
+        match item {
+            SelectItem::UnnamedExpr(expr) => {
+                names.push(figure_column_name(expr).unwrap_or_else(|| "?column?".into()))
+            }
+            SelectItem::ExprWithAlias { alias, .. } => names.push(ident_name(alias)),
+            SelectItem::ExprWithAliases { .. } => return fallback,
+            SelectItem::Wildcard(_) | SelectItem::QualifiedWildcard(..) => {
+                let start = names.len();
+                names.extend(fallback[start..start + wildcard_width].iter().cloned());
+            }
+        }
+    }
+    names
+}
+
+fn cast_options() -> CastOptions<'static> {
+    CastOptions {
+        safe: false,
+        format_options: Default::default(),
+    }
+}
+
+fn value_error(column: &ColumnDef, error: impl std::fmt::Display) -> SqlError {
+    let text = error.to_string();
+    let type_name = column.column_type.sql_name();
+    if text.contains("Overflow")
+        || text.contains("overflow")
+        || text.contains("Can't cast value")
+        || text.contains("too large")
+    {
+        let what = match column.column_type {
+            ColumnType::SmallInt => "smallint out of range".to_string(),
+            ColumnType::Int => "integer out of range".to_string(),
+            ColumnType::BigInt => "bigint out of range".to_string(),
+            _ => format!("value out of range for type {type_name}"),
+        };
+        SqlError::new(sqlstate::NUMERIC_VALUE_OUT_OF_RANGE, what)
+    } else {
+        SqlError::new(
+            sqlstate::INVALID_TEXT_REPRESENTATION,
+            format!(
+                "invalid input for column \"{}\" of type {type_name}: {text}",
+                column.name
+            ),
+        )
+    }
+}
+
+impl Session {
+    pub fn new(engine: Arc<Engine>, user: String) -> Session {
+        let settings = default_settings()
+            .into_iter()
+            .map(|(k, v)| (k.to_lowercase(), v.to_string()))
+            .collect();
+        Session {
+            engine,
+            runtime: Arc::new(RuntimeEnv::default()),
+            txn: None,
+            explicit: false,
+            failed: false,
+            settings,
+            notices: Vec::new(),
+            user,
+        }
+    }
+
+    /// The ReadyForQuery status byte: idle, in a transaction, or in a failed transaction.
+    pub fn transaction_status(&self) -> u8 {
+        match (self.explicit, self.failed) {
+            (false, _) => b'I',
+            (true, false) => b'T',
+            (true, true) => b'E',
+        }
+    }
+
+    pub fn setting(&self, name: &str) -> Option<&String> {
+        self.settings.get(&name.to_lowercase())
+    }
+
+    pub fn take_notices(&mut self) -> Vec<SqlError> {
+        std::mem::take(&mut self.notices)
+    }
+
+    fn txn(&mut self) -> &mut Txn {
+        if self.txn.is_none() {
+            self.txn = Some(self.engine.begin());
+        }
+        self.txn.as_mut().expect("just started")
+    }
+
+    /// Marks an explicit transaction failed after an error outside `execute` (e.g. in
+    /// the protocol layer).
+    pub fn fail_transaction(&mut self) {
+        if self.explicit {
+            self.failed = true;
+        }
+    }
+
+    pub async fn execute(
+        &mut self,
+        stmt: &Statement,
+        params: &[ScalarValue],
+    ) -> Result<Outcome, SqlError> {
+        match stmt {
+            Statement::StartTransaction { .. } => {
+                if !self.explicit {
+                    self.explicit = true;
+                    self.failed = false;
+                }
+                return Ok(Outcome::Command("BEGIN".into()));
+            }
+            Statement::Commit { .. } => {
+                let failed = self.failed;
+                self.explicit = false;
+                self.failed = false;
+                let txn = self.txn.take();
+                if failed {
+                    return Ok(Outcome::Command("ROLLBACK".into()));
+                }
+                if let Some(txn) = txn {
+                    self.engine.commit(txn).await?;
+                }
+                return Ok(Outcome::Command("COMMIT".into()));
+            }
+            Statement::Rollback {
+                savepoint: None, ..
+            } => {
+                self.explicit = false;
+                self.failed = false;
+                self.txn = None;
+                return Ok(Outcome::Command("ROLLBACK".into()));
+            }
+            _ => {}
+        }
+        if self.failed {
+            return Err(SqlError::new(
+                sqlstate::IN_FAILED_SQL_TRANSACTION,
+                "current transaction is aborted, commands ignored until end of transaction block",
+            ));
+        }
+        let result = self.execute_in_transaction(stmt, params).await;
+        if self.explicit {
+            if result.is_err() {
+                self.failed = true;
+            }
+            return result;
+        }
+        let txn = self.txn.take();
+        let outcome = result?;
+        if let Some(txn) = txn {
+            self.engine.commit(txn).await?;
+        }
+        Ok(outcome)
+    }
+
+    async fn execute_in_transaction(
+        &mut self,
+        stmt: &Statement,
+        params: &[ScalarValue],
+    ) -> Result<Outcome, SqlError> {
+        match stmt {
+            Statement::Query(query) => {
+                let (schema, batches) = self.run_query(stmt, params, None).await?;
+                let names = output_names(query, &schema);
+                let n_rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+                Ok(Outcome::Rows {
+                    schema,
+                    names,
+                    batches,
+                    tag: format!("SELECT {n_rows}"),
+                })
+            }
+            Statement::Insert(insert) => self.insert(stmt, insert, params).await,
+            Statement::Update(update) => self.update(update, params).await,
+            Statement::Delete(delete) => self.delete(delete, params).await,
+            Statement::CreateTable(create) => self.create_table(create),
+            Statement::Drop {
+                object_type: ObjectType::Table,
+                if_exists,
+                names,
+                ..
+            } => self.drop_tables(names, *if_exists),
+            Statement::Set(set) => self.set(set),
+            Statement::ShowVariable { variable } => self.show(variable),
+            Statement::Rollback {
+                savepoint: Some(_), ..
+            }
+            | Statement::Savepoint { .. } => Err(SqlError::unsupported("SAVEPOINT")),
+            other => {
+                let text = other.to_string();
+                let verb: String = text
+                    .split_whitespace()
+                    .take(2)
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                Err(SqlError::unsupported(format!("the statement {verb}")))
+            }
+        }
+    }
+
+    fn context(&mut self, key_table: Option<&str>) -> Result<SessionContext, SqlError> {
+        let mut config = SessionConfig::new()
+            .with_target_partitions(2)
+            .with_information_schema(false);
+        config.options_mut().sql_parser.parse_float_as_decimal = true;
+        let ctx = SessionContext::new_with_config_rt(config, self.runtime.clone());
+        let client = self.engine.pageserver.clone();
+        let txn = self.txn();
+        for (name, def) in &txn.catalog.tables {
+            let provider = OmenTable::new(
+                client.clone(),
+                def.clone(),
+                txn.snapshot,
+                txn.overlay(def.id),
+                key_table == Some(name.as_str()),
+            );
+            ctx.register_table(TableReference::bare(name.clone()), Arc::new(provider))
+                .map_err(from_datafusion)?;
+        }
+        Ok(ctx)
+    }
+
+    async fn plan(
+        &mut self,
+        stmt: &Statement,
+        key_table: Option<&str>,
+    ) -> Result<(SessionContext, LogicalPlan), SqlError> {
+        let ctx = self.context(key_table)?;
+        let df_statement = datafusion::sql::parser::Statement::Statement(Box::new(stmt.clone()));
+        let plan = ctx
+            .state()
+            .statement_to_plan(df_statement)
+            .await
+            .map_err(from_datafusion)?;
+        Ok((ctx, plan))
+    }
+
+    async fn run_plan(
+        ctx: &SessionContext,
+        plan: LogicalPlan,
+        params: &[ScalarValue],
+    ) -> Result<(SchemaRef, Vec<RecordBatch>), SqlError> {
+        let plan = if params.is_empty() {
+            plan
+        } else {
+            plan.with_param_values(params.to_vec())
+                .map_err(from_datafusion)?
+        };
+        let frame = ctx
+            .execute_logical_plan(plan)
+            .await
+            .map_err(from_datafusion)?;
+        let schema: SchemaRef = Arc::new(frame.schema().as_arrow().clone());
+        let batches = frame.collect().await.map_err(from_datafusion)?;
+        Ok((schema, batches))
+    }
+
+    async fn run_query(
+        &mut self,
+        stmt: &Statement,
+        params: &[ScalarValue],
+        key_table: Option<&str>,
+    ) -> Result<(SchemaRef, Vec<RecordBatch>), SqlError> {
+        let (ctx, plan) = self.plan(stmt, key_table).await?;
+        Self::run_plan(&ctx, plan, params).await
+    }
+
+    /// Parameter types and result columns of a statement, without running it.
+    pub async fn describe(&mut self, stmt: &Statement) -> Result<Description, SqlError> {
+        let mut description = Description {
+            param_types: Vec::new(),
+            columns: None,
+        };
+        let plan_types = |plan: &LogicalPlan| -> Result<Vec<Option<DataType>>, SqlError> {
+            let types = plan.get_parameter_types().map_err(from_datafusion)?;
+            let mut out = Vec::new();
+            for (name, data_type) in types {
+                let idx: usize = name.trim_start_matches('$').parse().map_err(|_| {
+                    SqlError::new(
+                        sqlstate::SYNTAX_ERROR,
+                        format!("unsupported parameter name {name}"),
+                    )
+                })?;
+                if idx == 0 {
+                    return Err(SqlError::new(
+                        sqlstate::SYNTAX_ERROR,
+                        "there is no parameter $0",
+                    ));
+                }
+                if out.len() < idx {
+                    out.resize(idx, None);
+                }
+                out[idx - 1] = data_type;
+            }
+            Ok(out)
+        };
+        match stmt {
+            Statement::Query(query) => {
+                let (_, plan) = self.plan(stmt, None).await?;
+                description.param_types = plan_types(&plan)?;
+                let schema: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
+                let names = output_names(query, &schema);
+                description.columns = Some((schema, names));
+            }
+            Statement::Insert(_) => {
+                let (_, plan) = self.plan(stmt, None).await?;
+                description.param_types = plan_types(&plan)?;
+            }
+            Statement::Update(update) => {
+                let (table, select, assigned) = self.update_select(update)?;
+                let (_, plan) = self.plan(&select, Some(&table.name)).await?;
+                let mut types = plan_types(&plan)?;
+                // `SET col = $n` takes the column's type.
+                for (assignment, &column) in update.assignments.iter().zip(&assigned) {
+                    if let Expr::Value(value) = &assignment.value {
+                        if let ast::Value::Placeholder(name) = &value.value {
+                            if let Ok(idx) = name.trim_start_matches('$').parse::<usize>() {
+                                if idx >= 1 {
+                                    if types.len() < idx {
+                                        types.resize(idx, None);
+                                    }
+                                    types[idx - 1].get_or_insert(
+                                        table.columns[column].column_type.arrow_type(),
+                                    );
+                                }
+                            }
+                        }
+                    }
+                }
+                description.param_types = types;
+            }
+            Statement::Delete(delete) => {
+                let (table, select) = self.delete_select(delete)?;
+                let (_, plan) = self.plan(&select, Some(&table.name)).await?;
+                description.param_types = plan_types(&plan)?;
+            }
+            Statement::ShowVariable { variable } => {
+                let name = variable
+                    .iter()
+                    .map(ident_name)
+                    .collect::<Vec<_>>()
+                    .join(".");
+                let schema = Arc::new(Schema::new(vec![Field::new(&name, DataType::Utf8, true)]));
+                description.columns = Some((schema, vec![name]));
+            }
+            _ => {}
+        }
+        Ok(description)
+    }
+
+    fn lookup(&mut self, name: &ObjectName) -> Result<Arc<TableDef>, SqlError> {
+        let name = table_name(name)?;
+        self.txn()
+            .catalog
+            .get(&name)
+            .cloned()
+            .ok_or_else(|| undefined_table(&name))
+    }
+
+    /// Validates one row against the table's constraints and returns its storage key.
+    fn check_row(
+        &self,
+        table: &TableDef,
+        values: &[ScalarValue],
+    ) -> Result<Option<Bytes>, SqlError> {
+        for (column, value) in table.columns.iter().zip(values) {
+            if value.is_null() {
+                if column.not_null {
+                    return Err(SqlError::new(
+                        sqlstate::NOT_NULL_VIOLATION,
+                        format!(
+                            "null value in column \"{}\" of relation \"{}\" violates not-null constraint",
+                            column.name, table.name
+                        ),
+                    ));
+                }
+                continue;
+            }
+            if let (ColumnType::Varchar(Some(max)), ScalarValue::Utf8(Some(text))) =
+                (&column.column_type, value)
+            {
+                if text.chars().count() > *max as usize {
+                    return Err(SqlError::new(
+                        sqlstate::STRING_DATA_RIGHT_TRUNCATION,
+                        format!("value too long for type character varying({max})"),
+                    ));
+                }
+            }
+        }
+        if table.primary_key.is_empty() {
+            return Ok(None);
+        }
+        let key_values: Vec<ScalarValue> = table
+            .primary_key
+            .iter()
+            .map(|&i| values[i].clone())
+            .collect();
+        let mut key = Vec::new();
+        rowcodec::encode_key(&key_values, &mut key).map_err(SqlError::internal)?;
+        Ok(Some(Bytes::from(key)))
+    }
+
+    /// Fails with 23505 if a row with `key` exists in the transaction's view.
+    async fn check_unique(
+        &mut self,
+        table: &TableDef,
+        key: &Bytes,
+        values: &[ScalarValue],
+    ) -> Result<(), SqlError> {
+        let txn = self.txn();
+        let exists = match txn.writes.get(&(table.id, key.clone())) {
+            Some(value) => value.is_some(),
+            None => {
+                let snapshot = txn.snapshot;
+                self.engine
+                    .pageserver
+                    .get_row(table.id, key.clone(), snapshot)
+                    .await
+                    .map_err(pageserver_error)?
+                    .is_some()
+            }
+        };
+        if exists {
+            let columns: Vec<&str> = table
+                .primary_key
+                .iter()
+                .map(|&i| table.columns[i].name.as_str())
+                .collect();
+            let shown: Vec<String> = table
+                .primary_key
+                .iter()
+                .map(|&i| values[i].to_string())
+                .collect();
+            return Err(SqlError::new(
+                sqlstate::UNIQUE_VIOLATION,
+                format!(
+                    "duplicate key value violates unique constraint \"{}_pkey\"",
+                    table.name
+                ),
+            )
+            .with_detail(format!(
+                "Key ({})=({}) already exists.",
+                columns.join(", "),
+                shown.join(", ")
+            )));
+        }
+        Ok(())
+    }
+
+    fn put_row(
+        &mut self,
+        table: &TableDef,
+        key: Bytes,
+        values: &[ScalarValue],
+    ) -> Result<(), SqlError> {
+        let mut row = Vec::new();
+        rowcodec::encode_row(values, &mut row).map_err(SqlError::internal)?;
+        self.txn()
+            .writes
+            .insert((table.id, key), Some(Bytes::from(row)));
+        Ok(())
+    }
+
+    fn row_id_key(&self) -> Bytes {
+        Bytes::copy_from_slice(&self.engine.unique_id().to_be_bytes())
+    }
+
+    /// Casts each column of `batch` to the table's column types, in table order.
+    fn cast_columns(table: &TableDef, columns: &[ArrayRef]) -> Result<Vec<ArrayRef>, SqlError> {
+        table
+            .columns
+            .iter()
+            .zip(columns)
+            .map(|(column, array)| {
+                let target = column.column_type.arrow_type();
+                if array.data_type() == &target {
+                    Ok(array.clone())
+                } else {
+                    cast_with_options(array, &target, &cast_options())
+                        .map_err(|e| value_error(column, e))
+                }
+            })
+            .collect()
+    }
+
+    async fn insert(
+        &mut self,
+        stmt: &Statement,
+        insert: &ast::Insert,
+        params: &[ScalarValue],
+    ) -> Result<Outcome, SqlError> {
+        if insert.returning.is_some() {
+            return Err(SqlError::unsupported("INSERT … RETURNING"));
+        }
+        if insert.on.is_some() {
+            return Err(SqlError::unsupported("INSERT … ON CONFLICT"));
+        }
+        let ast::TableObject::TableName(name) = &insert.table else {
+            return Err(SqlError::unsupported("INSERT INTO a table function"));
+        };
+        let table = self.lookup(name)?;
+        // DataFusion plans the rows to insert: column list, defaults (NULL) and casts.
+        let (ctx, plan) = self.plan(stmt, None).await?;
+        let LogicalPlan::Dml(DmlStatement {
+            op: WriteOp::Insert(_),
+            input,
+            ..
+        }) = plan
+        else {
+            return Err(SqlError::internal("INSERT did not plan as an insert"));
+        };
+        let (_, batches) = Self::run_plan(&ctx, input.as_ref().clone(), params).await?;
+        let mut n_rows = 0;
+        for batch in batches {
+            if batch.num_columns() != table.columns.len() {
+                return Err(SqlError::internal(
+                    "INSERT produced a row of the wrong width",
+                ));
+            }
+            let columns = Self::cast_columns(&table, batch.columns())?;
+            for row in 0..batch.num_rows() {
+                let values = columns
+                    .iter()
+                    .map(|array| ScalarValue::try_from_array(array, row))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(from_datafusion)?;
+                let key = match self.check_row(&table, &values)? {
+                    Some(key) => {
+                        self.check_unique(&table, &key, &values).await?;
+                        key
+                    }
+                    None => self.row_id_key(),
+                };
+                self.put_row(&table, key, &values)?;
+                n_rows += 1;
+            }
+        }
+        Ok(Outcome::Command(format!("INSERT 0 {n_rows}")))
+    }
+
+    /// The SELECT that finds an UPDATE's rows: key, current columns, then new values.
+    fn update_select(
+        &mut self,
+        update: &ast::Update,
+    ) -> Result<(Arc<TableDef>, Statement, Vec<usize>), SqlError> {
+        if update.returning.is_some() {
+            return Err(SqlError::unsupported("UPDATE … RETURNING"));
+        }
+        if update.from.is_some() || !update.table.joins.is_empty() {
+            return Err(SqlError::unsupported("UPDATE … FROM"));
+        }
+        let TableFactor::Table { name, .. } = &update.table.relation else {
+            return Err(SqlError::unsupported("UPDATE of this kind of relation"));
+        };
+        let table = self.lookup(name)?;
+        let mut select_list = vec![quote_ident(KEY_COLUMN)];
+        select_list.extend(table.columns.iter().map(|c| quote_ident(&c.name)));
+        let mut assigned = Vec::new();
+        for (i, assignment) in update.assignments.iter().enumerate() {
+            let AssignmentTarget::ColumnName(column) = &assignment.target else {
+                return Err(SqlError::unsupported("assigning to a tuple of columns"));
+            };
+            let column_name = column
+                .0
+                .last()
+                .and_then(|p| p.as_ident())
+                .map(ident_name)
+                .unwrap_or_default();
+            let idx = table.column_index(&column_name).ok_or_else(|| {
+                SqlError::new(
+                    sqlstate::UNDEFINED_COLUMN,
+                    format!(
+                        "column \"{column_name}\" of relation \"{}\" does not exist",
+                        table.name
+                    ),
+                )
+            })?;
+            if assigned.contains(&idx) {
+                return Err(SqlError::new(
+                    sqlstate::SYNTAX_ERROR,
+                    format!("multiple assignments to same column \"{column_name}\""),
+                ));
+            }
+            assigned.push(idx);
+            select_list.push(format!("({}) AS \"__omendb_new_{i}\"", assignment.value));
+        }
+        let mut sql = format!("SELECT {} FROM {}", select_list.join(", "), update.table);
+        if let Some(selection) = &update.selection {
+            sql.push_str(&format!(" WHERE {selection}"));
+        }
+        let mut statements = parse_sql(&sql)?;
+        let select = statements
+            .pop()
+            .ok_or_else(|| SqlError::internal("empty UPDATE plan"))?;
+        Ok((table, select, assigned))
+    }
+
+    async fn update(
+        &mut self,
+        update: &ast::Update,
+        params: &[ScalarValue],
+    ) -> Result<Outcome, SqlError> {
+        let (table, select, assigned) = self.update_select(update)?;
+        let (_, batches) = self.run_query(&select, params, Some(&table.name)).await?;
+        let n_columns = table.columns.len();
+        let mut n_rows = 0;
+        for batch in batches {
+            let keys = batch
+                .column(0)
+                .as_any()
+                .downcast_ref::<BinaryArray>()
+                .ok_or_else(|| SqlError::internal("key column is not binary"))?
+                .clone();
+            let mut columns: Vec<ArrayRef> = batch.columns()[1..=n_columns].to_vec();
+            for (i, &idx) in assigned.iter().enumerate() {
+                columns[idx] = batch.column(1 + n_columns + i).clone();
+            }
+            let columns = Self::cast_columns(&table, &columns)?;
+            for row in 0..batch.num_rows() {
+                let old_key = Bytes::copy_from_slice(keys.value(row));
+                let values = columns
+                    .iter()
+                    .map(|array| ScalarValue::try_from_array(array, row))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(from_datafusion)?;
+                let key = match self.check_row(&table, &values)? {
+                    Some(new_key) if new_key != old_key => {
+                        self.check_unique(&table, &new_key, &values).await?;
+                        self.txn().writes.insert((table.id, old_key), None);
+                        new_key
+                    }
+                    _ => old_key,
+                };
+                self.put_row(&table, key, &values)?;
+                n_rows += 1;
+            }
+        }
+        Ok(Outcome::Command(format!("UPDATE {n_rows}")))
+    }
+
+    fn delete_select(
+        &mut self,
+        delete: &ast::Delete,
+    ) -> Result<(Arc<TableDef>, Statement), SqlError> {
+        if delete.returning.is_some() {
+            return Err(SqlError::unsupported("DELETE … RETURNING"));
+        }
+        if delete.using.is_some() || delete.limit.is_some() {
+            return Err(SqlError::unsupported("DELETE … USING"));
+        }
+        let (FromTable::WithFromKeyword(from) | FromTable::WithoutKeyword(from)) = &delete.from;
+        let [relation] = from.as_slice() else {
+            return Err(SqlError::unsupported("DELETE from several tables"));
+        };
+        let TableFactor::Table { name, .. } = &relation.relation else {
+            return Err(SqlError::unsupported("DELETE from this kind of relation"));
+        };
+        if !relation.joins.is_empty() {
+            return Err(SqlError::unsupported("DELETE with a join"));
+        }
+        let table = self.lookup(name)?;
+        let mut sql = format!("SELECT {} FROM {relation}", quote_ident(KEY_COLUMN));
+        if let Some(selection) = &delete.selection {
+            sql.push_str(&format!(" WHERE {selection}"));
+        }
+        let mut statements = parse_sql(&sql)?;
+        let select = statements
+            .pop()
+            .ok_or_else(|| SqlError::internal("empty DELETE plan"))?;
+        Ok((table, select))
+    }
+
+    async fn delete(
+        &mut self,
+        delete: &ast::Delete,
+        params: &[ScalarValue],
+    ) -> Result<Outcome, SqlError> {
+        let (table, select) = self.delete_select(delete)?;
+        let (_, batches) = self.run_query(&select, params, Some(&table.name)).await?;
+        let mut n_rows = 0;
+        for batch in batches {
+            let keys = batch
+                .column(0)
+                .as_any()
+                .downcast_ref::<BinaryArray>()
+                .ok_or_else(|| SqlError::internal("key column is not binary"))?
+                .clone();
+            for row in 0..keys.len() {
+                self.txn()
+                    .writes
+                    .insert((table.id, Bytes::copy_from_slice(keys.value(row))), None);
+                n_rows += 1;
+            }
+        }
+        Ok(Outcome::Command(format!("DELETE {n_rows}")))
+    }
+
+    fn create_table(&mut self, create: &ast::CreateTable) -> Result<Outcome, SqlError> {
+        if create.query.is_some() {
+            return Err(SqlError::unsupported("CREATE TABLE … AS"));
+        }
+        if create.temporary {
+            return Err(SqlError::unsupported("CREATE TEMPORARY TABLE"));
+        }
+        let name = table_name(&create.name)?;
+        if self.txn().catalog.get(&name).is_some() {
+            if create.if_not_exists {
+                self.notices.push(SqlError::new(
+                    sqlstate::DUPLICATE_TABLE,
+                    format!("relation \"{name}\" already exists, skipping"),
+                ));
+                return Ok(Outcome::Command("CREATE TABLE".into()));
+            }
+            return Err(SqlError::new(
+                sqlstate::DUPLICATE_TABLE,
+                format!("relation \"{name}\" already exists"),
+            ));
+        }
+        let mut columns: Vec<ColumnDef> = Vec::new();
+        let mut primary_key: Option<Vec<usize>> = None;
+        let multiple_keys = || {
+            SqlError::new(
+                sqlstate::INVALID_TABLE_DEFINITION,
+                format!("multiple primary keys for table \"{name}\" are not allowed"),
+            )
+        };
+        for column in &create.columns {
+            let column_name = ident_name(&column.name);
+            if columns.iter().any(|c| c.name == column_name) {
+                return Err(SqlError::new(
+                    sqlstate::DUPLICATE_COLUMN,
+                    format!("column \"{column_name}\" specified more than once"),
+                ));
+            }
+            let column_type = ColumnType::from_sql(&column.data_type)
+                .map_err(|e| SqlError::new(sqlstate::FEATURE_NOT_SUPPORTED, e.to_string()))?;
+            let mut not_null = false;
+            for option in &column.options {
+                match &option.option {
+                    ColumnOption::Null => {}
+                    ColumnOption::NotNull => not_null = true,
+                    ColumnOption::PrimaryKey(_) => {
+                        if primary_key.is_some() {
+                            return Err(multiple_keys());
+                        }
+                        primary_key = Some(vec![columns.len()]);
+                    }
+                    other => {
+                        return Err(SqlError::unsupported(format!("the column option {other}")))
+                    }
+                }
+            }
+            columns.push(ColumnDef {
+                name: column_name,
+                column_type,
+                not_null,
+            });
+        }
+        for constraint in &create.constraints {
+            match constraint {
+                TableConstraint::PrimaryKey(pk) => {
+                    if primary_key.is_some() {
+                        return Err(multiple_keys());
+                    }
+                    let mut indexes = Vec::new();
+                    for index_column in &pk.columns {
+                        let Expr::Identifier(ident) = &index_column.column.expr else {
+                            return Err(SqlError::unsupported("a primary key on an expression"));
+                        };
+                        let column_name = ident_name(ident);
+                        let idx = columns
+                            .iter()
+                            .position(|c| c.name == column_name)
+                            .ok_or_else(|| {
+                                SqlError::new(
+                                    sqlstate::UNDEFINED_COLUMN,
+                                    format!("column \"{column_name}\" named in key does not exist"),
+                                )
+                            })?;
+                        indexes.push(idx);
+                    }
+                    primary_key = Some(indexes);
+                }
+                other => {
+                    return Err(SqlError::unsupported(format!(
+                        "the table constraint {other}"
+                    )))
+                }
+            }
+        }
+        let primary_key = primary_key.unwrap_or_default();
+        for &idx in &primary_key {
+            columns[idx].not_null = true;
+        }
+        let txn = self.txn();
+        let id = txn.catalog.next_table_id;
+        txn.put_table_def(TableDef {
+            id,
+            name,
+            columns,
+            primary_key,
+        });
+        Ok(Outcome::Command("CREATE TABLE".into()))
+    }
+
+    fn drop_tables(&mut self, names: &[ObjectName], if_exists: bool) -> Result<Outcome, SqlError> {
+        let mut tables = Vec::new();
+        for name in names {
+            let name = table_name(name)?;
+            match self.txn().catalog.get(&name) {
+                Some(def) => tables.push(def.clone()),
+                None if if_exists => self.notices.push(SqlError::new(
+                    sqlstate::SUCCESSFUL_COMPLETION,
+                    format!("table \"{name}\" does not exist, skipping"),
+                )),
+                None => {
+                    return Err(SqlError::new(
+                        sqlstate::UNDEFINED_TABLE,
+                        format!("table \"{name}\" does not exist"),
+                    ))
+                }
+            }
+        }
+        for def in tables {
+            self.txn().drop_table(&def);
+        }
+        Ok(Outcome::Command("DROP TABLE".into()))
+    }
+
+    fn set(&mut self, set: &ast::Set) -> Result<Outcome, SqlError> {
+        if let ast::Set::SingleAssignment {
+            variable, values, ..
+        } = set
+        {
+            let name = variable.to_string().to_lowercase();
+            let value = values
+                .iter()
+                .map(|v| match v {
+                    Expr::Value(v) => match &v.value {
+                        ast::Value::SingleQuotedString(s) => s.clone(),
+                        other => other.to_string(),
+                    },
+                    Expr::Identifier(ident) => ident.value.clone(),
+                    other => other.to_string(),
+                })
+                .collect::<Vec<_>>()
+                .join(", ");
+            self.settings.insert(name, value);
+        }
+        Ok(Outcome::Command("SET".into()))
+    }
+
+    fn show(&mut self, variable: &[Ident]) -> Result<Outcome, SqlError> {
+        let name = variable
+            .iter()
+            .map(|i| i.value.clone())
+            .collect::<Vec<_>>()
+            .join(".");
+        let value = self.setting(&name).cloned().ok_or_else(|| {
+            SqlError::new(
+                sqlstate::UNDEFINED_OBJECT,
+                format!("unrecognized configuration parameter \"{name}\""),
+            )
+        })?;
+        let column = name.to_lowercase();
+        let schema = Arc::new(Schema::new(vec![Field::new(&column, DataType::Utf8, true)]));
+        let array: ArrayRef = Arc::new(datafusion::arrow::array::StringArray::from(vec![value]));
+        let batch =
+            RecordBatch::try_new(schema.clone(), vec![array]).map_err(SqlError::internal)?;
+        Ok(Outcome::Rows {
+            schema,
+            names: vec![column],
+            batches: vec![batch],
+            tag: "SHOW".into(),
+        })
+    }
+}

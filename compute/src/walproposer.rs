@@ -1,0 +1,716 @@
+//! The WAL proposer: the primary compute's side of the safekeeper consensus protocol.
+//!
+//! ```text
+//!   commits ──append──▶ WalProposer buffer ──Append──▶ safekeeper 1..N (one task each)
+//!                            ▲                              │ Flushed{flush_lsn}
+//!                            └──── commit_lsn = majority ◀──┘
+//! ```
+//!
+//! Start-up is an election: ask every safekeeper for its state, propose a term above every
+//! term seen, and win with a majority of votes (each safekeeper persists the term before
+//! voting, so an older primary is fenced from then on). The most advanced log among the
+//! voters (by last term, then flush LSN) becomes the base of the new term; each safekeeper
+//! is truncated to where its log agrees with that one and then brought up to date.
+//!
+//! A commit appends one WAL record and waits until a majority has fsynced past its end.
+//! Many committers share each Append and each fsync (group commit): each safekeeper task
+//! sends everything buffered so far in one message.
+//!
+//! I/O lives in the per-safekeeper tasks; the decisions (term choice, donor choice,
+//! truncation point, commit LSN) are small pure functions tested on their own.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use ids::{Lsn, TimelineId};
+use safekeeper_api::{AcceptorStatus, Request, Response, TermEntry, TermHistory};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+/// Most WAL bytes sent in one Append message.
+pub const APPEND_BYTES_MAX: usize = 1 << 20;
+/// WAL kept in memory for safekeepers that fall behind; older WAL is re-read from a peer.
+pub const BUFFER_BYTES_MAX: usize = 64 << 20;
+/// How long one connection attempt to a safekeeper may take.
+pub const CONNECT_TIMEOUT_MS: u64 = 1000;
+/// Pause before reconnecting to a safekeeper that failed.
+pub const RECONNECT_DELAY_MS: u64 = 200;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ProposerError {
+    #[error("this compute is no longer the primary: a newer primary was elected in term {0}")]
+    Fenced(u64),
+    #[error("could not confirm the commit on a majority of safekeepers within {0} ms; the transaction may or may not be committed")]
+    CommitTimeout(u64),
+    #[error("election failed: {0}")]
+    Election(String),
+    #[error("safekeeper {addr}: {message}")]
+    Safekeeper { addr: SocketAddr, message: String },
+}
+
+#[derive(Clone)]
+pub struct ProposerConfig {
+    pub timeline: TimelineId,
+    pub safekeepers: Vec<SocketAddr>,
+}
+
+struct Inner {
+    end_lsn: Lsn,
+    /// Whole records `[buffer_start, end_lsn)`, each with its start LSN.
+    records: VecDeque<(Lsn, Bytes)>,
+    buffer_start: Lsn,
+    buffer_bytes: usize,
+    /// Per safekeeper: flush LSN acknowledged in our term, once it accepted our election.
+    flush: Vec<Option<Lsn>>,
+    commit_lsn: Lsn,
+    fenced_by: Option<u64>,
+}
+
+struct Shared {
+    config: ProposerConfig,
+    term: u64,
+    history: TermHistory,
+    inner: Mutex<Inner>,
+    end_tx: watch::Sender<Lsn>,
+    commit_tx: watch::Sender<Lsn>,
+}
+
+/// Handle to the proposer; cheap to clone.
+#[derive(Clone)]
+pub struct WalProposer {
+    shared: Arc<Shared>,
+}
+
+fn majority(n: usize) -> usize {
+    n / 2 + 1
+}
+
+/// The commit LSN given each safekeeper's acknowledged flush LSN: the highest LSN that a
+/// majority of all configured safekeepers has flushed.
+pub fn quorum_commit_lsn(flush: &[Option<Lsn>]) -> Option<Lsn> {
+    let mut acked: Vec<Lsn> = flush.iter().flatten().copied().collect();
+    let needed = majority(flush.len());
+    if acked.len() < needed {
+        return None;
+    }
+    acked.sort_unstable_by(|a, b| b.cmp(a));
+    Some(acked[needed - 1])
+}
+
+/// The voter whose log the new term continues: the highest (last term, flush LSN).
+pub fn choose_donor(voters: &[AcceptorStatus]) -> Option<usize> {
+    (0..voters.len()).max_by_key(|&i| (voters[i].term_history.last_term(), voters[i].flush_lsn))
+}
+
+struct Conn {
+    addr: SocketAddr,
+    stream: TcpStream,
+}
+
+impl Conn {
+    async fn open(
+        addr: SocketAddr,
+        timeline: TimelineId,
+    ) -> Result<(Conn, AcceptorStatus), ProposerError> {
+        let err = |message: String| ProposerError::Safekeeper { addr, message };
+        let stream = tokio::time::timeout(
+            Duration::from_millis(CONNECT_TIMEOUT_MS),
+            TcpStream::connect(addr),
+        )
+        .await
+        .map_err(|_| err("connect timed out".into()))?
+        .map_err(|e| err(format!("connect: {e}")))?;
+        stream.set_nodelay(true).ok();
+        let mut conn = Conn { addr, stream };
+        match conn.call(&Request::Hello { timeline }).await? {
+            Response::Status(status) => Ok((conn, status)),
+            other => Err(err(format!("unexpected answer to Hello: {other:?}"))),
+        }
+    }
+
+    async fn send(&mut self, request: &Request) -> Result<(), ProposerError> {
+        wire::write_frame(&mut self.stream, &request.encode())
+            .await
+            .map_err(|e| ProposerError::Safekeeper {
+                addr: self.addr,
+                message: e.to_string(),
+            })
+    }
+
+    async fn recv(&mut self) -> Result<Response, ProposerError> {
+        let addr = self.addr;
+        let err = |message: String| ProposerError::Safekeeper { addr, message };
+        let frame = wire::read_frame(&mut self.stream)
+            .await
+            .map_err(|e| err(e.to_string()))?
+            .ok_or_else(|| err("connection closed".into()))?;
+        let response = Response::decode(&frame).map_err(|e| err(e.to_string()))?;
+        if let Response::Error { message } = response {
+            return Err(err(message));
+        }
+        Ok(response)
+    }
+
+    async fn call(&mut self, request: &Request) -> Result<Response, ProposerError> {
+        self.send(request).await?;
+        self.recv().await
+    }
+}
+
+/// Reads WAL `[start, end)` as whole records from the safekeeper at `addr`.
+async fn read_wal(
+    addr: SocketAddr,
+    timeline: TimelineId,
+    start: Lsn,
+    end: Lsn,
+) -> Result<Vec<(Lsn, Bytes)>, ProposerError> {
+    let (mut conn, _) = Conn::open(addr, timeline).await?;
+    let mut records = Vec::new();
+    let mut pos = start;
+    while pos < end {
+        let request = Request::ReadWal {
+            start_lsn: pos,
+            end_lsn: end,
+            max_bytes: APPEND_BYTES_MAX as u32,
+        };
+        let data = match conn.call(&request).await? {
+            Response::Wal { start_lsn, data } if start_lsn == pos => data,
+            other => {
+                return Err(ProposerError::Safekeeper {
+                    addr,
+                    message: format!("unexpected answer to ReadWal: {other:?}"),
+                })
+            }
+        };
+        if data.is_empty() {
+            return Err(ProposerError::Safekeeper {
+                addr,
+                message: format!("has no WAL at {pos} (needed up to {end})"),
+            });
+        }
+        let mut offset = 0;
+        while offset < data.len() {
+            let lsn = pos.add(offset as u64);
+            let len = wal::next_record_len(&data[offset..], lsn)
+                .map_err(|e| ProposerError::Safekeeper {
+                    addr,
+                    message: e.to_string(),
+                })?
+                .ok_or_else(|| ProposerError::Safekeeper {
+                    addr,
+                    message: format!("partial record at {lsn}"),
+                })?;
+            records.push((lsn, data.slice(offset..offset + len)));
+            offset += len;
+        }
+        pos = pos.add(data.len() as u64);
+    }
+    Ok(records)
+}
+
+impl WalProposer {
+    /// Runs an election for the timeline and returns once this compute is the primary and
+    /// a majority of safekeepers holds the recovered WAL.
+    pub async fn elect(
+        config: ProposerConfig,
+        timeout: Duration,
+    ) -> Result<WalProposer, ProposerError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let last_error = match Self::try_elect(&config).await {
+                Ok(proposer) => {
+                    let end = proposer.end_lsn();
+                    let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+                    proposer
+                        .wait_commit(end, remaining.max(Duration::from_secs(1)))
+                        .await?;
+                    info!(term = proposer.shared.term, end_lsn = %end, "elected primary");
+                    return Ok(proposer);
+                }
+                Err(e) => e.to_string(),
+            };
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ProposerError::Election(last_error));
+            }
+            warn!("election attempt failed: {last_error}; retrying");
+            tokio::time::sleep(Duration::from_millis(RECONNECT_DELAY_MS)).await;
+        }
+    }
+
+    async fn try_elect(config: &ProposerConfig) -> Result<WalProposer, ProposerError> {
+        let n = config.safekeepers.len();
+        let opened = futures::future::join_all(
+            config
+                .safekeepers
+                .iter()
+                .map(|&addr| Conn::open(addr, config.timeline)),
+        )
+        .await;
+        let mut conns: Vec<(usize, Conn, AcceptorStatus)> = Vec::new();
+        let mut errors = Vec::new();
+        for (idx, result) in opened.into_iter().enumerate() {
+            match result {
+                Ok((conn, status)) => conns.push((idx, conn, status)),
+                Err(e) => errors.push(e.to_string()),
+            }
+        }
+        if conns.len() < majority(n) {
+            return Err(ProposerError::Election(format!(
+                "only {} of {n} safekeepers reachable: {}",
+                conns.len(),
+                errors.join("; ")
+            )));
+        }
+        let term = conns.iter().map(|(_, _, s)| s.term).max().unwrap_or(0) + 1;
+        let vote_request = Request::RequestVote { term };
+        let votes = futures::future::join_all(
+            conns
+                .iter_mut()
+                .map(|(_, conn, _)| conn.call(&vote_request)),
+        )
+        .await;
+        let mut voters: Vec<(usize, AcceptorStatus)> = Vec::new();
+        for ((idx, _, _), vote) in conns.iter().zip(votes) {
+            if let Ok(Response::Vote {
+                granted: true,
+                status,
+            }) = vote
+            {
+                voters.push((*idx, status));
+            }
+        }
+        if voters.len() < majority(n) {
+            return Err(ProposerError::Election(format!(
+                "term {term}: {} of {n} votes",
+                voters.len()
+            )));
+        }
+        let statuses: Vec<AcceptorStatus> = voters.iter().map(|(_, s)| s.clone()).collect();
+        let donor_pos = choose_donor(&statuses).expect("a majority is not empty");
+        let (donor_idx, donor) = voters[donor_pos].clone();
+        let mut history = donor.term_history.truncated(donor.flush_lsn);
+        history.0.push(TermEntry {
+            term,
+            start_lsn: donor.flush_lsn,
+        });
+        // Keep in memory the WAL that the voters lack, so their tasks can catch them up.
+        let buffer_start = statuses
+            .iter()
+            .map(|s| {
+                donor
+                    .term_history
+                    .agreement_point(donor.flush_lsn, &s.term_history, s.flush_lsn)
+            })
+            .min()
+            .unwrap_or(donor.flush_lsn);
+        let records = if buffer_start < donor.flush_lsn {
+            read_wal(
+                config.safekeepers[donor_idx],
+                config.timeline,
+                buffer_start,
+                donor.flush_lsn,
+            )
+            .await?
+        } else {
+            Vec::new()
+        };
+        let buffer_bytes = records.iter().map(|(_, r)| r.len()).sum();
+        let (end_tx, _) = watch::channel(donor.flush_lsn);
+        let (commit_tx, _) = watch::channel(Lsn::ZERO);
+        let shared = Arc::new(Shared {
+            config: config.clone(),
+            term,
+            history,
+            inner: Mutex::new(Inner {
+                end_lsn: donor.flush_lsn,
+                records: records.into(),
+                buffer_start,
+                buffer_bytes,
+                flush: vec![None; n],
+                commit_lsn: Lsn::ZERO,
+                fenced_by: None,
+            }),
+            end_tx,
+            commit_tx,
+        });
+        for idx in 0..n {
+            tokio::spawn(acceptor_task(shared.clone(), idx));
+        }
+        Ok(WalProposer { shared })
+    }
+
+    pub fn term(&self) -> u64 {
+        self.shared.term
+    }
+
+    pub fn end_lsn(&self) -> Lsn {
+        self.shared.inner.lock().expect("proposer lock").end_lsn
+    }
+
+    /// The highest LSN known to be on a majority: the snapshot new transactions read at.
+    pub fn commit_lsn(&self) -> Lsn {
+        *self.shared.commit_tx.borrow()
+    }
+
+    /// Appends one whole WAL record; returns its end LSN (the commit LSN to wait for).
+    pub fn append(&self, record: Bytes) -> Result<Lsn, ProposerError> {
+        let mut inner = self.shared.inner.lock().expect("proposer lock");
+        if let Some(term) = inner.fenced_by {
+            return Err(ProposerError::Fenced(term));
+        }
+        let start = inner.end_lsn;
+        inner.end_lsn = start.add(record.len() as u64);
+        inner.buffer_bytes += record.len();
+        inner.records.push_back((start, record));
+        let end = inner.end_lsn;
+        drop(inner);
+        self.shared.end_tx.send_replace(end);
+        Ok(end)
+    }
+
+    /// Waits until `lsn` is on a majority of safekeepers.
+    pub async fn wait_commit(&self, lsn: Lsn, timeout: Duration) -> Result<(), ProposerError> {
+        let mut commit_rx = self.shared.commit_tx.subscribe();
+        let wait = async {
+            loop {
+                if let Some(term) = self.shared.inner.lock().expect("proposer lock").fenced_by {
+                    return Err(ProposerError::Fenced(term));
+                }
+                if *commit_rx.borrow_and_update() >= lsn {
+                    return Ok(());
+                }
+                if commit_rx.changed().await.is_err() {
+                    return Err(ProposerError::Election("proposer stopped".into()));
+                }
+            }
+        };
+        tokio::time::timeout(timeout, wait)
+            .await
+            .unwrap_or(Err(
+                ProposerError::CommitTimeout(timeout.as_millis() as u64),
+            ))
+    }
+
+    /// Whether a newer primary has fenced this one.
+    pub fn fenced_by(&self) -> Option<u64> {
+        self.shared.inner.lock().expect("proposer lock").fenced_by
+    }
+}
+
+impl Shared {
+    fn fence(&self, term: u64) {
+        let mut inner = self.inner.lock().expect("proposer lock");
+        if inner.fenced_by.is_none() {
+            warn!(
+                our_term = self.term,
+                newer_term = term,
+                "fenced by a newer primary"
+            );
+            inner.fenced_by = Some(term);
+        }
+        drop(inner);
+        // Wake every waiter so it sees the fence.
+        self.commit_tx.send_modify(|_| {});
+        self.end_tx.send_modify(|_| {});
+    }
+
+    fn is_fenced(&self) -> bool {
+        self.inner
+            .lock()
+            .expect("proposer lock")
+            .fenced_by
+            .is_some()
+    }
+
+    fn record_flush(&self, idx: usize, flush_lsn: Lsn) {
+        let mut inner = self.inner.lock().expect("proposer lock");
+        inner.flush[idx] = Some(flush_lsn);
+        if let Some(commit) = quorum_commit_lsn(&inner.flush) {
+            if commit > inner.commit_lsn {
+                inner.commit_lsn = commit;
+                drop(inner);
+                self.commit_tx.send_replace(commit);
+                self.trim_buffer();
+            }
+        }
+    }
+
+    /// Drops buffered WAL that every safekeeper has, and WAL beyond the memory budget that a
+    /// majority has (laggards then re-read it from a peer).
+    fn trim_buffer(&self) {
+        let mut inner = self.inner.lock().expect("proposer lock");
+        let all_have = inner
+            .flush
+            .iter()
+            .map(|f| f.unwrap_or(Lsn::ZERO))
+            .min()
+            .unwrap_or(Lsn::ZERO);
+        let commit = inner.commit_lsn;
+        while let Some((start, record)) = inner.records.front() {
+            let end = start.add(record.len() as u64);
+            let over_budget = inner.buffer_bytes > BUFFER_BYTES_MAX && end <= commit;
+            if end <= all_have || over_budget {
+                let len = record.len();
+                inner.records.pop_front();
+                inner.buffer_bytes -= len;
+                inner.buffer_start = end;
+            } else {
+                break;
+            }
+        }
+    }
+
+    /// Whole records from `pos`, at most `APPEND_BYTES_MAX` bytes (at least one record), or
+    /// `None` when `pos` is below the buffer.
+    fn records_from(&self, pos: Lsn) -> Option<Bytes> {
+        let inner = self.inner.lock().expect("proposer lock");
+        if pos < inner.buffer_start {
+            return None;
+        }
+        let first = inner.records.partition_point(|(start, _)| *start < pos);
+        let mut out = BytesMut::new();
+        for (start, record) in inner.records.iter().skip(first) {
+            debug_assert_eq!(start.0, pos.0 + out.len() as u64, "records are contiguous");
+            if !out.is_empty() && out.len() + record.len() > APPEND_BYTES_MAX {
+                break;
+            }
+            out.extend_from_slice(record);
+        }
+        Some(out.freeze())
+    }
+}
+
+/// Keeps one safekeeper in sync with the proposer for as long as the proposer lives.
+async fn acceptor_task(shared: Arc<Shared>, idx: usize) {
+    let addr = shared.config.safekeepers[idx];
+    loop {
+        if shared.is_fenced() {
+            return;
+        }
+        if let Err(e) = sync_acceptor(&shared, idx).await {
+            match e {
+                ProposerError::Fenced(term) => {
+                    shared.fence(term);
+                    return;
+                }
+                e => warn!(%addr, "safekeeper connection lost: {e}"),
+            }
+        }
+        shared.inner.lock().expect("proposer lock").flush[idx] = None;
+        tokio::time::sleep(Duration::from_millis(RECONNECT_DELAY_MS)).await;
+    }
+}
+
+async fn sync_acceptor(shared: &Arc<Shared>, idx: usize) -> Result<(), ProposerError> {
+    let addr = shared.config.safekeepers[idx];
+    let (conn, status) = Conn::open(addr, shared.config.timeline).await?;
+    if status.term > shared.term {
+        return Err(ProposerError::Fenced(status.term));
+    }
+    let end = shared.inner.lock().expect("proposer lock").end_lsn;
+    let truncate_lsn = shared
+        .history
+        .agreement_point(end, &status.term_history, status.flush_lsn);
+    let Conn { stream, .. } = conn;
+    let (mut reader, mut writer) = stream.into_split();
+    let elected = Request::Elected {
+        term: shared.term,
+        term_history: shared.history.clone(),
+        truncate_lsn,
+    };
+    wire::write_frame(&mut writer, &elected.encode())
+        .await
+        .map_err(|e| sk_err(addr, e))?;
+    let flushed = read_response(&mut reader, addr).await?;
+    match flushed {
+        Response::Flushed { flush_lsn, .. } if flush_lsn == truncate_lsn => {}
+        Response::Rejected { term } => return Err(ProposerError::Fenced(term)),
+        other => {
+            return Err(ProposerError::Safekeeper {
+                addr,
+                message: format!("unexpected answer to Elected: {other:?}"),
+            })
+        }
+    }
+    shared.record_flush(idx, truncate_lsn);
+
+    // Responses are read concurrently with sending, so appends are pipelined.
+    let reader_task = async {
+        loop {
+            match read_response(&mut reader, addr).await? {
+                Response::Flushed { flush_lsn, .. } => shared.record_flush(idx, flush_lsn),
+                Response::Rejected { term } => return Err(ProposerError::Fenced(term)),
+                other => {
+                    return Err(ProposerError::Safekeeper {
+                        addr,
+                        message: format!("unexpected answer to Append: {other:?}"),
+                    })
+                }
+            }
+        }
+    };
+    let writer_task = async {
+        let mut end_rx = shared.end_tx.subscribe();
+        let mut commit_rx = shared.commit_tx.subscribe();
+        let mut pos = truncate_lsn;
+        let mut sent_commit = Lsn::ZERO;
+        loop {
+            if shared.is_fenced() {
+                return Ok::<(), ProposerError>(());
+            }
+            let end = *end_rx.borrow_and_update();
+            let commit = *commit_rx.borrow_and_update();
+            if pos < end {
+                let data = match shared.records_from(pos) {
+                    Some(data) => data,
+                    None => {
+                        // Behind our buffer: fetch the gap from a safekeeper that has it.
+                        let buffer_start = shared.inner.lock().expect("proposer lock").buffer_start;
+                        let mut gap = BytesMut::new();
+                        for (_, record) in
+                            fetch_from_peers(shared, idx, pos, buffer_start.min(end)).await?
+                        {
+                            gap.extend_from_slice(&record);
+                            if gap.len() >= APPEND_BYTES_MAX {
+                                break;
+                            }
+                        }
+                        gap.freeze()
+                    }
+                };
+                let append = Request::Append {
+                    term: shared.term,
+                    begin_lsn: pos,
+                    commit_lsn: commit,
+                    data: data.clone(),
+                };
+                wire::write_frame(&mut writer, &append.encode())
+                    .await
+                    .map_err(|e| sk_err(addr, e))?;
+                pos = pos.add(data.len() as u64);
+                sent_commit = commit;
+                continue;
+            }
+            if commit > sent_commit {
+                let append = Request::Append {
+                    term: shared.term,
+                    begin_lsn: pos,
+                    commit_lsn: commit,
+                    data: Bytes::new(),
+                };
+                wire::write_frame(&mut writer, &append.encode())
+                    .await
+                    .map_err(|e| sk_err(addr, e))?;
+                sent_commit = commit;
+                continue;
+            }
+            tokio::select! {
+                r = end_rx.changed() => if r.is_err() { return Ok(()) },
+                r = commit_rx.changed() => if r.is_err() { return Ok(()) },
+            }
+        }
+    };
+    tokio::select! {
+        r = reader_task => r,
+        r = writer_task => r,
+    }
+}
+
+/// WAL `[start, end)` from any other safekeeper that has acknowledged it in our term.
+async fn fetch_from_peers(
+    shared: &Arc<Shared>,
+    idx: usize,
+    start: Lsn,
+    end: Lsn,
+) -> Result<Vec<(Lsn, Bytes)>, ProposerError> {
+    let candidates: Vec<usize> = {
+        let inner = shared.inner.lock().expect("proposer lock");
+        (0..inner.flush.len())
+            .filter(|&j| j != idx && inner.flush[j].is_some_and(|f| f >= end))
+            .collect()
+    };
+    let mut last_error = format!("no safekeeper has WAL {start}..{end}");
+    for j in candidates {
+        match read_wal(
+            shared.config.safekeepers[j],
+            shared.config.timeline,
+            start,
+            end,
+        )
+        .await
+        {
+            Ok(records) => return Ok(records),
+            Err(e) => last_error = e.to_string(),
+        }
+    }
+    Err(ProposerError::Safekeeper {
+        addr: shared.config.safekeepers[idx],
+        message: last_error,
+    })
+}
+
+fn sk_err(addr: SocketAddr, e: wire::WireError) -> ProposerError {
+    ProposerError::Safekeeper {
+        addr,
+        message: e.to_string(),
+    }
+}
+
+async fn read_response(
+    reader: &mut tokio::net::tcp::OwnedReadHalf,
+    addr: SocketAddr,
+) -> Result<Response, ProposerError> {
+    let frame = wire::read_frame(reader)
+        .await
+        .map_err(|e| sk_err(addr, e))?
+        .ok_or_else(|| ProposerError::Safekeeper {
+            addr,
+            message: "connection closed".into(),
+        })?;
+    match Response::decode(&frame).map_err(|e| sk_err(addr, e))? {
+        Response::Error { message } => Err(ProposerError::Safekeeper { addr, message }),
+        response => Ok(response),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quorum_needs_a_majority_of_all_safekeepers() {
+        assert_eq!(quorum_commit_lsn(&[None, None, None]), None);
+        assert_eq!(quorum_commit_lsn(&[Some(Lsn(5)), None, None]), None);
+        assert_eq!(
+            quorum_commit_lsn(&[Some(Lsn(5)), Some(Lsn(3)), None]),
+            Some(Lsn(3))
+        );
+        assert_eq!(
+            quorum_commit_lsn(&[Some(Lsn(5)), Some(Lsn(3)), Some(Lsn(9))]),
+            Some(Lsn(5))
+        );
+    }
+
+    #[test]
+    fn donor_is_the_most_advanced_log_by_term_then_lsn() {
+        let status = |last_term: u64, flush: u64| AcceptorStatus {
+            term: 9,
+            term_history: TermHistory(vec![TermEntry {
+                term: last_term,
+                start_lsn: Lsn(0),
+            }]),
+            flush_lsn: Lsn(flush),
+            commit_lsn: Lsn(0),
+        };
+        // A longer log of an older term loses to a shorter log of a newer term.
+        assert_eq!(
+            choose_donor(&[status(1, 500), status(2, 100), status(2, 50)]),
+            Some(1)
+        );
+        assert_eq!(choose_donor(&[status(2, 10), status(2, 100)]), Some(1));
+    }
+}

@@ -1,0 +1,165 @@
+//! The OmenDB pageserver: follows one timeline's committed WAL on the safekeepers, keeps its
+//! versioned rows, uploads them to the object store, and answers reads "at LSN X" from
+//! computes.
+//!
+//! ```text
+//!   safekeepers ──WalData──▶ walreceiver ──▶ timeline (store.rs, in memory) ◀── server ◀── computes
+//!                                               │ checkpoint every interval and at shutdown
+//!                                               ▼
+//!                         remote_storage ──▶ object store: layers (layer.rs) + index (manifest.rs)
+//! ```
+//!
+//! Local disk is only a cache (unused so far): a pageserver started on an empty `data_dir`
+//! rebuilds the timeline from the object store alone, then follows the WAL from the LSN the
+//! object store holds. Background work (WAL receiver, checkpointer, read server) is started
+//! and stopped in one place, [`run`].
+
+pub mod error;
+pub mod layer;
+pub mod limits;
+pub mod manifest;
+pub mod remote_storage;
+pub mod server;
+pub mod store;
+pub mod timeline;
+pub mod walreceiver;
+
+#[cfg(test)]
+mod e2e_tests;
+#[cfg(test)]
+mod test_util;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+pub use error::PageserverError;
+
+use remote_storage::RemoteStorage;
+use timeline::Timeline;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: std::net::SocketAddr,
+    /// Local disk: a cache only (may be empty or new at any start).
+    pub data_dir: std::path::PathBuf,
+    /// The object store: a local folder.
+    pub object_store_dir: std::path::PathBuf,
+    pub safekeepers: Vec<std::net::SocketAddr>,
+    pub tenant: ids::TenantId,
+    pub timeline: ids::TimelineId,
+    /// Upload what was ingested at least this often (default `limits::CHECKPOINT_INTERVAL_DEFAULT_MS`).
+    pub checkpoint_interval: Duration,
+    /// Reads wait at most this long for WAL (default `limits::WAIT_LSN_TIMEOUT_DEFAULT_MS`).
+    pub wait_lsn_timeout: Duration,
+}
+
+/// Binds, logs "pageserver listening on {addr}", ingests and serves until `shutdown`
+/// resolves; then uploads what is not yet uploaded and returns.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding the pageserver to {}", config.listen))?;
+    run_with_listener(config, listener, shutdown).await
+}
+
+/// [`run`] on a listener bound by the caller (tests bind port 0 and read the address).
+pub(crate) async fn run_with_listener(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    tokio::pin!(shutdown);
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating the data folder {}", config.data_dir.display()))?;
+    let remote = RemoteStorage::local(&config.object_store_dir).with_context(|| {
+        format!(
+            "opening the object store in {}",
+            config.object_store_dir.display()
+        )
+    })?;
+    let timeline = tokio::select! {
+        _ = &mut shutdown => return Ok(()),
+        loaded = Timeline::load(remote, config.tenant, config.timeline) => Arc::new(
+            loaded.with_context(|| format!("loading timeline {} from the object store", config.timeline))?,
+        ),
+    };
+    tracing::info!(
+        "timeline {}: generation {}, starting at LSN {}",
+        config.timeline,
+        timeline.generation(),
+        timeline.last_record_lsn()
+    );
+    tracing::info!("pageserver listening on {}", listener.local_addr()?);
+
+    let (cancel_sender, cancel) = watch::channel(false);
+    let mut tasks = JoinSet::new();
+    tasks.spawn(walreceiver::run(
+        timeline.clone(),
+        config.safekeepers.clone(),
+        cancel.clone(),
+    ));
+    tasks.spawn(checkpointer(
+        timeline.clone(),
+        config.checkpoint_interval,
+        cancel.clone(),
+    ));
+    tasks.spawn(server::serve(
+        listener,
+        timeline.clone(),
+        config.wait_lsn_timeout,
+        cancel,
+    ));
+
+    // The tasks run until cancelled, so one that ends first has panicked.
+    let early_exit = tokio::select! {
+        _ = &mut shutdown => None,
+        Some(joined) = tasks.join_next() => Some(joined),
+    };
+    cancel_sender.send_replace(true);
+    while let Some(joined) = tasks.join_next().await {
+        if let Err(err) = joined {
+            tracing::error!("pageserver task failed while stopping: {err}");
+        }
+    }
+    let uploaded = timeline.checkpoint().await;
+    if let Some(joined) = early_exit {
+        anyhow::bail!("a pageserver task stopped unexpectedly: {joined:?}");
+    }
+    uploaded.context("uploading the last ingested WAL at shutdown")?;
+    tracing::info!(
+        "pageserver stopped; the object store holds LSN {}",
+        timeline.remote_consistent_lsn()
+    );
+    Ok(())
+}
+
+/// Checkpoints every `interval` until cancelled (a checkpoint with nothing new is free).
+async fn checkpointer(
+    timeline: Arc<Timeline>,
+    interval: Duration,
+    mut cancel: watch::Receiver<bool>,
+) {
+    // `tokio::time::interval` panics on a zero period.
+    let mut ticker = tokio::time::interval(interval.max(Duration::from_millis(1)));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = cancel.wait_for(|cancelled| *cancelled) => return,
+            _ = ticker.tick() => {}
+        }
+        // Not raced against cancellation: a checkpoint abandoned halfway could leave an
+        // index write in flight that lands after the final checkpoint's newer one.
+        if let Err(err) = timeline.checkpoint().await {
+            tracing::warn!(
+                "checkpoint of timeline {} failed (will retry): {err}",
+                timeline.timeline_id()
+            );
+        }
+    }
+}

@@ -1,0 +1,354 @@
+//! The one way into the object store: every request of the pageserver goes through
+//! [`RemoteStorage`], which retries transient failures a bounded number of times with
+//! backoff and counts requests, retries, failures and bytes. S3 and fault injection are to be
+//! added behind this same wrapper.
+//!
+//! Object layout of a timeline (see [`timeline_prefix`]):
+//!
+//! ```text
+//! tenants/<tenant hex>/timelines/<timeline hex>/index-<generation:08x>.json
+//! tenants/<tenant hex>/timelines/<timeline hex>/layers/<start:016X>-<end:016X>-<generation:08x>.delta
+//! ```
+//!
+//! The local-folder store (`object_store::local::LocalFileSystem`) writes atomically by
+//! rename but does not fsync; since the pageserver reports what it uploaded as durable
+//! (`remote_consistent_lsn`), this wrapper fsyncs the file and its folders after each put.
+//! Does I/O.
+
+use std::future::Future;
+use std::path::{Path as FsPath, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::TryStreamExt;
+use ids::{TenantId, TimelineId};
+use object_store::local::LocalFileSystem;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutOptions, PutPayload};
+
+use crate::error::{PageserverError, Result};
+use crate::limits::{OBJECT_STORE_ATTEMPTS_MAX, OBJECT_STORE_BACKOFF_MIN_MS};
+use crate::manifest::LayerDesc;
+
+/// `tenants/<tenant>/timelines/<timeline>`
+pub fn timeline_prefix(tenant: TenantId, timeline: TimelineId) -> String {
+    format!("tenants/{tenant}/timelines/{timeline}")
+}
+
+/// The index file of one generation of a timeline.
+pub fn index_key(tenant: TenantId, timeline: TimelineId, generation: u32) -> String {
+    format!(
+        "{}/{}",
+        timeline_prefix(tenant, timeline),
+        index_file_name(generation)
+    )
+}
+
+fn index_file_name(generation: u32) -> String {
+    format!("index-{generation:08x}.json")
+}
+
+/// The generation of an index file name, or `None` if `name` is not one.
+pub fn parse_index_file_name(name: &str) -> Option<u32> {
+    let hex = name.strip_prefix("index-")?.strip_suffix(".json")?;
+    if hex.len() != 8 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let generation = u32::from_str_radix(hex, 16).ok()?;
+    // Only the canonical spelling counts, so one generation has one key.
+    (index_file_name(generation) == name).then_some(generation)
+}
+
+pub fn layer_key(tenant: TenantId, timeline: TimelineId, layer: &LayerDesc) -> String {
+    format!(
+        "{}/layers/{}",
+        timeline_prefix(tenant, timeline),
+        layer.file_name()
+    )
+}
+
+/// What a put may do to an existing object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PutMode {
+    Overwrite,
+    /// Fail with an "already exists" error (see `PageserverError::is_already_exists`).
+    CreateNew,
+}
+
+/// A listed object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectInfo {
+    pub key: String,
+    pub size_bytes: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    requests: AtomicU64,
+    retries: AtomicU64,
+    failures: AtomicU64,
+    bytes_uploaded: AtomicU64,
+    bytes_downloaded: AtomicU64,
+}
+
+/// A copy of the counters at one moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RemoteStorageStats {
+    /// Attempts made, retries included.
+    pub requests: u64,
+    pub retries: u64,
+    /// Requests that failed for good.
+    pub failures: u64,
+    pub bytes_uploaded: u64,
+    pub bytes_downloaded: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct RemoteStorage {
+    store: Arc<dyn ObjectStore>,
+    /// Root folder when the store is a local folder: puts are then fsynced.
+    local_root: Option<PathBuf>,
+    counters: Arc<Counters>,
+}
+
+impl RemoteStorage {
+    /// An object store in a local folder, created if missing.
+    pub fn local(root: &FsPath) -> Result<RemoteStorage> {
+        std::fs::create_dir_all(root)?;
+        let store = LocalFileSystem::new_with_prefix(root).map_err(|cause| {
+            PageserverError::ObjectStore {
+                op: "open",
+                path: root.display().to_string(),
+                cause,
+            }
+        })?;
+        let root = std::fs::canonicalize(root)?;
+        Ok(RemoteStorage {
+            store: Arc::new(store),
+            local_root: Some(root),
+            counters: Arc::default(),
+        })
+    }
+
+    /// Any `object_store` implementation (S3, an in-memory store, a fault-injecting wrapper).
+    pub fn from_object_store(store: Arc<dyn ObjectStore>) -> RemoteStorage {
+        RemoteStorage {
+            store,
+            local_root: None,
+            counters: Arc::default(),
+        }
+    }
+
+    pub fn stats(&self) -> RemoteStorageStats {
+        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        RemoteStorageStats {
+            requests: load(&self.counters.requests),
+            retries: load(&self.counters.retries),
+            failures: load(&self.counters.failures),
+            bytes_uploaded: load(&self.counters.bytes_uploaded),
+            bytes_downloaded: load(&self.counters.bytes_downloaded),
+        }
+    }
+
+    /// Runs `attempt` until it succeeds, fails with a non-transient error, or has been tried
+    /// `OBJECT_STORE_ATTEMPTS_MAX` times.
+    async fn with_retries<T, F, Fut>(
+        &self,
+        op: &'static str,
+        key: &str,
+        mut attempt: F,
+    ) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = object_store::Result<T>>,
+    {
+        let mut backoff = Duration::from_millis(OBJECT_STORE_BACKOFF_MIN_MS);
+        let mut n_attempts = 0;
+        loop {
+            n_attempts += 1;
+            self.counters.requests.fetch_add(1, Ordering::Relaxed);
+            match attempt().await {
+                Ok(value) => return Ok(value),
+                Err(cause) if is_transient(&cause) && n_attempts < OBJECT_STORE_ATTEMPTS_MAX => {
+                    tracing::warn!("object store {op} of {key} failed (attempt {n_attempts}), retrying in {backoff:?}: {cause}");
+                    self.counters.retries.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(backoff).await;
+                    backoff *= 2;
+                }
+                Err(cause) => {
+                    self.counters.failures.fetch_add(1, Ordering::Relaxed);
+                    return Err(PageserverError::ObjectStore {
+                        op,
+                        path: key.to_string(),
+                        cause,
+                    });
+                }
+            }
+        }
+    }
+
+    pub async fn put(&self, key: &str, bytes: Bytes, mode: PutMode) -> Result<()> {
+        let path = Path::from(key);
+        let n_bytes = bytes.len() as u64;
+        let options = || PutOptions {
+            mode: match mode {
+                PutMode::Overwrite => object_store::PutMode::Overwrite,
+                PutMode::CreateNew => object_store::PutMode::Create,
+            },
+            ..PutOptions::default()
+        };
+        self.with_retries("put", key, || {
+            self.store
+                .put_opts(&path, PutPayload::from_bytes(bytes.clone()), options())
+        })
+        .await?;
+        self.counters
+            .bytes_uploaded
+            .fetch_add(n_bytes, Ordering::Relaxed);
+        if let Some(root) = &self.local_root {
+            let file = root.join(key);
+            tokio::task::spawn_blocking(move || fsync_file_and_folders(&file))
+                .await
+                .map_err(|e| PageserverError::Internal(format!("fsync task failed: {e}")))??;
+        }
+        Ok(())
+    }
+
+    /// The whole object; an object larger than `bytes_max` is an error, not a download.
+    pub async fn get(&self, key: &str, bytes_max: u64) -> Result<Bytes> {
+        let path = Path::from(key);
+        let bytes = self
+            .with_retries("get", key, || async {
+                let result = self.store.get(&path).await?;
+                if result.meta.size > bytes_max {
+                    return Ok(Err(result.meta.size));
+                }
+                result.bytes().await.map(Ok)
+            })
+            .await?
+            .map_err(|size| {
+                PageserverError::corrupt(
+                    key,
+                    format!("object of {size} bytes exceeds the limit of {bytes_max} bytes"),
+                )
+            })?;
+        self.counters
+            .bytes_downloaded
+            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        Ok(bytes)
+    }
+
+    /// Every object whose key starts with the folder `prefix` (recursively).
+    pub async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
+        let path = Path::from(prefix);
+        self.with_retries("list", prefix, || async {
+            let metas: Vec<object_store::ObjectMeta> =
+                self.store.list(Some(&path)).try_collect().await?;
+            Ok(metas
+                .into_iter()
+                .map(|meta| ObjectInfo {
+                    key: meta.location.to_string(),
+                    size_bytes: meta.size,
+                })
+                .collect())
+        })
+        .await
+    }
+}
+
+/// Errors worth another attempt: the request may succeed if made again. "Not found",
+/// "already exists", preconditions, bad paths and permissions will not change.
+fn is_transient(error: &object_store::Error) -> bool {
+    matches!(
+        error,
+        object_store::Error::Generic { .. } | object_store::Error::JoinError { .. }
+    )
+}
+
+/// Makes a renamed-into-place file durable: the file, its folder (which holds the new name)
+/// and the folder above (which may hold a new folder).
+fn fsync_file_and_folders(file: &FsPath) -> std::io::Result<()> {
+    std::fs::File::open(file)?.sync_all()?;
+    let mut folder = file.parent();
+    for _ in 0..2 {
+        let Some(dir) = folder else { break };
+        std::fs::File::open(dir)?.sync_all()?;
+        folder = dir.parent();
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_util::temp_dir;
+
+    #[test]
+    fn index_names() {
+        assert_eq!(parse_index_file_name("index-0000000a.json"), Some(10));
+        assert_eq!(
+            parse_index_file_name(&index_file_name(u32::MAX)),
+            Some(u32::MAX)
+        );
+        for bad in [
+            "index-0000000A.json",
+            "index-a.json",
+            "index-0000000a.json.tmp",
+            "x-0000000a.json",
+            "index-+000000a.json",
+        ] {
+            assert_eq!(parse_index_file_name(bad), None, "{bad}");
+        }
+    }
+
+    #[tokio::test]
+    async fn put_get_list_and_counters() {
+        let root = temp_dir("remote-storage");
+        let remote = RemoteStorage::local(&root).unwrap();
+        remote
+            .put("a/b/one", Bytes::from_static(b"12345"), PutMode::Overwrite)
+            .await
+            .unwrap();
+        remote
+            .put("a/two", Bytes::from_static(b"xy"), PutMode::CreateNew)
+            .await
+            .unwrap();
+        let err = remote
+            .put("a/two", Bytes::from_static(b"z"), PutMode::CreateNew)
+            .await
+            .unwrap_err();
+        assert!(err.is_already_exists(), "{err}");
+        assert_eq!(remote.get("a/two", 100).await.unwrap(), "xy");
+        assert!(remote
+            .get("a/b/one", 4)
+            .await
+            .unwrap_err()
+            .to_string()
+            .contains("exceeds the limit"));
+        assert!(remote.get("a/missing", 100).await.is_err());
+        let mut listed = remote.list("a").await.unwrap();
+        listed.sort_by(|x, y| x.key.cmp(&y.key));
+        assert_eq!(
+            listed,
+            vec![
+                ObjectInfo {
+                    key: "a/b/one".into(),
+                    size_bytes: 5
+                },
+                ObjectInfo {
+                    key: "a/two".into(),
+                    size_bytes: 2
+                }
+            ]
+        );
+        assert!(remote.list("nothing/here").await.unwrap().is_empty());
+        let stats = remote.stats();
+        assert_eq!(stats.bytes_uploaded, 7);
+        assert_eq!(stats.bytes_downloaded, 2);
+        assert_eq!(stats.failures, 2, "already exists and not found");
+        assert_eq!(stats.retries, 0, "none of those failures is transient");
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+}

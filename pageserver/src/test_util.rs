@@ -1,0 +1,77 @@
+//! Helpers shared by the crate's tests: a seeded random generator, unique temp folders and
+//! random transaction histories.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+use ids::Lsn;
+use wal::{Op, Transaction};
+
+/// xorshift64*: small, seeded, reproducible.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// A number in `0..n` (`n > 0`).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+}
+
+/// A new, empty folder under the system temp folder, unique to this call.
+pub fn temp_dir(name: &str) -> PathBuf {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let unique = format!(
+        "omendb-pageserver-{name}-{}-{}-{nanos}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    );
+    let path = std::env::temp_dir().join(unique);
+    std::fs::create_dir_all(&path).unwrap();
+    path
+}
+
+/// `n` transactions over tables 0..4 and keys of up to two letters from `a..=c`, with
+/// strictly increasing commit LSNs.
+pub fn random_history(rng: &mut Rng, n: usize) -> Vec<(Lsn, Transaction)> {
+    let mut lsn = Lsn(0);
+    let mut history = Vec::with_capacity(n);
+    for xid in 0..n as u64 {
+        let mut ops = Vec::new();
+        for _ in 0..1 + rng.below(6) {
+            let table = rng.below(4) as u32;
+            let key_len = rng.below(3) as usize;
+            let key = Bytes::from(
+                (0..key_len)
+                    .map(|_| b'a' + rng.below(3) as u8)
+                    .collect::<Vec<u8>>(),
+            );
+            ops.push(match rng.below(30) {
+                0 => Op::DropTable { table },
+                1..=6 => Op::Delete { table, key },
+                _ => Op::Put {
+                    table,
+                    key,
+                    value: Bytes::from(format!("value {xid} {}", rng.below(1000))),
+                },
+            });
+        }
+        lsn = lsn.add(1 + rng.below(100));
+        history.push((lsn, Transaction { xid, ops }));
+    }
+    history
+}

@@ -1,0 +1,45 @@
+//! The safekeeper's error type.
+//!
+//! Request-level mistakes of a peer (a stale term, an append at the wrong LSN) are not
+//! errors here: they are answered with `Response::Rejected` or `Response::Error` and change
+//! nothing. A [`SafekeeperError`] is what ends a connection or makes a timeline unusable.
+
+/// Everything that can go wrong in the safekeeper. The message says what and where; the
+/// variant says what the caller can do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum SafekeeperError {
+    /// A file operation failed; after a failed write, fsync or truncation the timeline is
+    /// marked broken (see [`SafekeeperError::Broken`]).
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        source: std::io::Error,
+    },
+    /// Data on disk is not what this safekeeper wrote (bad checksum, torn control file,
+    /// missing WAL). The timeline must not be served until someone looks at it.
+    #[error("corrupt data: {0}")]
+    Corrupt(String),
+    /// A peer broke the protocol (malformed message, wrong first request).
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    /// An earlier storage failure left the timeline's state unknown (for example a failed
+    /// fsync); it refuses all work until the safekeeper restarts and recovers from disk.
+    #[error("timeline is unusable after an earlier storage failure ({0}); restart the safekeeper")]
+    Broken(String),
+    /// A frame could not be read or written.
+    #[error(transparent)]
+    Wire(#[from] wire::WireError),
+    /// This is a bug.
+    #[error("internal error (this is a bug): {0}")]
+    Internal(String),
+}
+
+pub type Result<T, E = SafekeeperError> = std::result::Result<T, E>;
+
+/// Wraps an `io::Error` with what was being done, for `map_err`.
+pub(crate) fn io_context(
+    context: impl Into<String>,
+) -> impl FnOnce(std::io::Error) -> SafekeeperError {
+    let context = context.into();
+    move |source| SafekeeperError::Io { context, source }
+}

@@ -1,0 +1,590 @@
+//! The whole safekeeper over TCP on loopback, driven with `safekeeper_api` messages.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use ids::{Lsn, TimelineId};
+use safekeeper_api::{AcceptorStatus, Request, Response, TermEntry, TermHistory};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+use wal::{Op, Transaction};
+
+use crate::limits::KEEPALIVE_INTERVAL_MS;
+use crate::server::Server;
+use crate::wal_storage::tests::TempDir;
+use crate::Config;
+
+/// How long a test waits for any one answer before failing.
+const ANSWER_TIMEOUT_MS: u64 = 10_000;
+
+fn record(xid: u64, value_bytes: usize) -> Bytes {
+    let txn = Transaction {
+        xid,
+        ops: vec![Op::Put {
+            table: 5,
+            key: Bytes::from(xid.to_be_bytes().to_vec()),
+            value: Bytes::from(vec![1u8; value_bytes]),
+        }],
+    };
+    wal::encode_record(&txn).unwrap()
+}
+
+fn history(entries: &[(u64, u64)]) -> TermHistory {
+    TermHistory(
+        entries
+            .iter()
+            .map(|&(term, lsn)| TermEntry {
+                term,
+                start_lsn: Lsn(lsn),
+            })
+            .collect(),
+    )
+}
+
+const TIMELINE: TimelineId = TimelineId([7; 16]);
+
+struct Client {
+    stream: TcpStream,
+}
+
+impl Client {
+    async fn connect(addr: SocketAddr) -> Client {
+        Client {
+            stream: TcpStream::connect(addr).await.unwrap(),
+        }
+    }
+
+    /// Sends requests in one write, so they arrive together (pipelined).
+    async fn send(&mut self, requests: &[Request]) {
+        let mut out = BytesMut::new();
+        for request in requests {
+            wire::encode_frame(&request.encode(), &mut out);
+        }
+        self.stream.write_all(&out).await.unwrap();
+    }
+
+    /// The next response, or `None` when the safekeeper closed the connection.
+    async fn try_recv(&mut self) -> Option<Response> {
+        let read = tokio::time::timeout(
+            Duration::from_millis(ANSWER_TIMEOUT_MS),
+            wire::read_frame(&mut self.stream),
+        );
+        match read.await.expect("no answer in time") {
+            Ok(Some(frame)) => Some(Response::decode(&frame).unwrap()),
+            Ok(None) | Err(_) => None,
+        }
+    }
+
+    async fn recv(&mut self) -> Response {
+        self.try_recv().await.expect("connection closed")
+    }
+
+    async fn call(&mut self, request: Request) -> Response {
+        self.send(&[request]).await;
+        self.recv().await
+    }
+
+    async fn hello(addr: SocketAddr) -> (Client, AcceptorStatus) {
+        let mut client = Client::connect(addr).await;
+        match client.call(Request::Hello { timeline: TIMELINE }).await {
+            Response::Status(status) => (client, status),
+            other => panic!("unexpected answer to Hello: {other:?}"),
+        }
+    }
+
+    /// Connects, wins `term` and is elected with the safekeeper's WAL as the agreed log.
+    async fn elected(addr: SocketAddr, term: u64) -> (Client, AcceptorStatus) {
+        let (mut client, status) = Client::hello(addr).await;
+        match client.call(Request::RequestVote { term }).await {
+            Response::Vote { granted: true, .. } => {}
+            other => panic!("vote not granted: {other:?}"),
+        }
+        let mut entries = status.term_history.0.clone();
+        entries.push(TermEntry {
+            term,
+            start_lsn: status.flush_lsn,
+        });
+        let elected = Request::Elected {
+            term,
+            term_history: TermHistory(entries),
+            truncate_lsn: status.flush_lsn,
+        };
+        assert_eq!(
+            client.call(elected).await,
+            Response::Flushed {
+                term,
+                flush_lsn: status.flush_lsn
+            }
+        );
+        (client, status)
+    }
+}
+
+/// A safekeeper started with [`crate::run`] on a free loopback port.
+struct Running {
+    addr: SocketAddr,
+    stop: oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Running {
+    async fn start(data_dir: &Path) -> Running {
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let config = Config {
+            id: 1,
+            listen: addr,
+            data_dir: data_dir.to_path_buf(),
+        };
+        let task = tokio::spawn(crate::run(config, async move {
+            let _ = stopped.await;
+        }));
+        // Wait until it accepts connections.
+        for _ in 0..500 {
+            if TcpStream::connect(addr).await.is_ok() {
+                return Running { addr, stop, task };
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("safekeeper did not start listening on {addr}");
+    }
+
+    async fn stop(self) {
+        self.stop.send(()).unwrap();
+        self.task.await.unwrap().unwrap();
+    }
+}
+
+/// Appends `records` one frame each, pipelined, each carrying `commit_lsn`; returns the
+/// expected end LSN of each.
+async fn pipeline_appends(
+    client: &mut Client,
+    term: u64,
+    start: Lsn,
+    commit_lsn: Lsn,
+    records: &[Bytes],
+) -> Vec<Lsn> {
+    let mut requests = Vec::new();
+    let mut ends = Vec::new();
+    let mut pos = start;
+    for record in records {
+        requests.push(Request::Append {
+            term,
+            begin_lsn: pos,
+            commit_lsn,
+            data: record.clone(),
+        });
+        pos = pos.add(record.len() as u64);
+        ends.push(pos);
+    }
+    client.send(&requests).await;
+    ends
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proposer_flow_with_pipelined_appends_and_group_commit() {
+    let dir = TempDir::new("server-flow");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = Server::new(1, dir.0.clone());
+    let (stop, stopped) = oneshot::channel::<()>();
+    let serving = tokio::spawn(server.clone().serve(listener, async move {
+        let _ = stopped.await;
+    }));
+
+    let (mut client, status) = Client::hello(addr).await;
+    assert_eq!(status, AcceptorStatus::default());
+    match client.call(Request::RequestVote { term: 1 }).await {
+        Response::Vote {
+            granted: true,
+            status,
+        } => assert_eq!(status.term, 1),
+        other => panic!("unexpected {other:?}"),
+    }
+    let elected = Request::Elected {
+        term: 1,
+        term_history: history(&[(1, 0)]),
+        truncate_lsn: Lsn::ZERO,
+    };
+    assert_eq!(
+        client.call(elected).await,
+        Response::Flushed {
+            term: 1,
+            flush_lsn: Lsn::ZERO
+        }
+    );
+
+    let records: Vec<Bytes> = (0..50).map(|xid| record(xid, 100)).collect();
+    let ends = pipeline_appends(&mut client, 1, Lsn::ZERO, Lsn::ZERO, &records).await;
+    for end in &ends {
+        assert_eq!(
+            client.recv().await,
+            Response::Flushed {
+                term: 1,
+                flush_lsn: *end
+            }
+        );
+    }
+    let timeline = server.timeline(TIMELINE).await.unwrap();
+    let n_syncs = timeline.acceptor.lock().await.storage().sync_count();
+    assert!(
+        n_syncs < records.len() as u64,
+        "{n_syncs} fsyncs for {} pipelined appends",
+        records.len()
+    );
+
+    // ReadWal: whole records only, cut within max_bytes but at least one.
+    let end = *ends.last().unwrap();
+    let record_bytes = records[0].len() as u64;
+    let read = Request::ReadWal {
+        start_lsn: Lsn(record_bytes),
+        end_lsn: end,
+        max_bytes: (record_bytes * 3 / 2) as u32,
+    };
+    assert_eq!(
+        client.call(read).await,
+        Response::Wal {
+            start_lsn: Lsn(record_bytes),
+            data: records[1].clone()
+        }
+    );
+    let read = Request::ReadWal {
+        start_lsn: end,
+        end_lsn: Lsn(end.0 + 100),
+        max_bytes: 1000,
+    };
+    assert_eq!(
+        client.call(read).await,
+        Response::Wal {
+            start_lsn: end,
+            data: Bytes::new()
+        }
+    );
+
+    // A second Hello on the same connection is an error answer, not a crash.
+    assert!(matches!(
+        client.call(Request::Hello { timeline: TIMELINE }).await,
+        Response::Error { .. }
+    ));
+    stop.send(()).unwrap();
+    serving.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replication_streams_committed_wal() {
+    let dir = TempDir::new("server-replication");
+    let safekeeper = Running::start(&dir.0).await;
+    let addr = safekeeper.addr;
+
+    // A pageserver subscribes before any WAL exists.
+    let mut replication = Client::connect(addr).await;
+    replication
+        .send(&[Request::StartReplication {
+            timeline: TIMELINE,
+            start_lsn: Lsn::ZERO,
+        }])
+        .await;
+
+    let (mut proposer, _) = Client::elected(addr, 1).await;
+    let records: Vec<Bytes> = (0..20).map(|xid| record(xid, 300_000)).collect();
+    let mut expected = Vec::new();
+    for record in &records {
+        expected.extend_from_slice(record);
+    }
+    let end = Lsn(expected.len() as u64);
+    // The appends commit everything but the last record...
+    let last_start = Lsn(end.0 - records[19].len() as u64);
+    let ends = pipeline_appends(&mut proposer, 1, Lsn::ZERO, last_start, &records).await;
+    for lsn in &ends {
+        assert_eq!(
+            proposer.recv().await,
+            Response::Flushed {
+                term: 1,
+                flush_lsn: *lsn
+            }
+        );
+    }
+
+    let mut received = Vec::new();
+    while (received.len() as u64) < last_start.0 {
+        match replication.recv().await {
+            Response::WalData {
+                start_lsn,
+                commit_lsn,
+                data,
+            } => {
+                assert_eq!(start_lsn.0, received.len() as u64);
+                assert!(data.len() <= crate::limits::REPLICATION_CHUNK_BYTES_MAX);
+                assert!(
+                    start_lsn.0 + data.len() as u64 <= commit_lsn.0,
+                    "only committed WAL is sent"
+                );
+                wal::check_whole_records(&data, start_lsn).unwrap();
+                received.extend_from_slice(&data);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(received, expected[..last_start.0 as usize]);
+
+    // ...then an empty append commits the last one.
+    let commit = Request::Append {
+        term: 1,
+        begin_lsn: end,
+        commit_lsn: end,
+        data: Bytes::new(),
+    };
+    assert_eq!(
+        proposer.call(commit).await,
+        Response::Flushed {
+            term: 1,
+            flush_lsn: end
+        }
+    );
+    // A second subscriber from a record boundary in the middle, and one above the flush LSN
+    // (it waits for the WAL to arrive).
+    let mut from_middle = Client::connect(addr).await;
+    from_middle
+        .send(&[Request::StartReplication {
+            timeline: TIMELINE,
+            start_lsn: ends[9],
+        }])
+        .await;
+    let mut from_future = Client::connect(addr).await;
+    from_future
+        .send(&[Request::StartReplication {
+            timeline: TIMELINE,
+            start_lsn: end,
+        }])
+        .await;
+    while (received.len() as u64) < end.0 {
+        match replication.recv().await {
+            Response::WalData { data, .. } => received.extend_from_slice(&data),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(received, expected);
+    let mut middle = Vec::new();
+    while (middle.len() as u64) < end.0 - ends[9].0 {
+        match from_middle.recv().await {
+            Response::WalData { data, .. } => middle.extend_from_slice(&data),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(middle, expected[ends[9].0 as usize..]);
+
+    // Idle: an empty WalData keepalive arrives.
+    let started = std::time::Instant::now();
+    match replication.recv().await {
+        Response::WalData {
+            start_lsn,
+            commit_lsn,
+            data,
+        } => {
+            assert!(data.is_empty());
+            assert_eq!((start_lsn, commit_lsn), (end, end));
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    assert!(started.elapsed() < Duration::from_millis(3 * KEEPALIVE_INTERVAL_MS));
+
+    let more = record(100, 10);
+    let new_end = end.add(more.len() as u64);
+    let append = Request::Append {
+        term: 1,
+        begin_lsn: end,
+        commit_lsn: new_end,
+        data: more.clone(),
+    };
+    assert_eq!(
+        proposer.call(append).await,
+        Response::Flushed {
+            term: 1,
+            flush_lsn: new_end
+        }
+    );
+    loop {
+        match from_future.recv().await {
+            Response::WalData { data, .. } if data.is_empty() => continue,
+            Response::WalData {
+                start_lsn, data, ..
+            } => {
+                assert_eq!((start_lsn, data), (end, more));
+                break;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    safekeeper.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_term_proposer_is_rejected_after_a_newer_election() {
+    let dir = TempDir::new("server-fencing");
+    let safekeeper = Running::start(&dir.0).await;
+    let (mut old, _) = Client::elected(safekeeper.addr, 1).await;
+    let first = record(1, 10);
+    let end = Lsn(first.len() as u64);
+    let append = Request::Append {
+        term: 1,
+        begin_lsn: Lsn::ZERO,
+        commit_lsn: Lsn::ZERO,
+        data: first,
+    };
+    assert_eq!(
+        old.call(append).await,
+        Response::Flushed {
+            term: 1,
+            flush_lsn: end
+        }
+    );
+
+    let (mut new, status) = Client::elected(safekeeper.addr, 2).await;
+    assert_eq!(status.term, 1);
+    assert_eq!(status.flush_lsn, end);
+
+    let stale = Request::Append {
+        term: 1,
+        begin_lsn: end,
+        commit_lsn: end,
+        data: record(2, 10),
+    };
+    assert_eq!(old.call(stale).await, Response::Rejected { term: 2 });
+    let vote = Request::RequestVote { term: 2 };
+    assert!(matches!(
+        old.call(vote).await,
+        Response::Vote { granted: false, .. }
+    ));
+    let second = record(3, 10);
+    let new_end = end.add(second.len() as u64);
+    let append = Request::Append {
+        term: 2,
+        begin_lsn: end,
+        commit_lsn: new_end,
+        data: second,
+    };
+    assert_eq!(
+        new.call(append).await,
+        Response::Flushed {
+            term: 2,
+            flush_lsn: new_end
+        }
+    );
+    safekeeper.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_keeps_term_and_wal() {
+    let dir = TempDir::new("server-restart");
+    let safekeeper = Running::start(&dir.0).await;
+    let (mut proposer, _) = Client::elected(safekeeper.addr, 4).await;
+    let records: Vec<Bytes> = (0..5).map(|xid| record(xid, 1000)).collect();
+    let mut expected = BytesMut::new();
+    for record in &records {
+        expected.extend_from_slice(record);
+    }
+    let end = Lsn(expected.len() as u64);
+    let ends = pipeline_appends(&mut proposer, 4, Lsn::ZERO, end, &records).await;
+    for lsn in ends {
+        assert_eq!(
+            proposer.recv().await,
+            Response::Flushed {
+                term: 4,
+                flush_lsn: lsn
+            }
+        );
+    }
+    drop(proposer);
+    safekeeper.stop().await;
+
+    let safekeeper = Running::start(&dir.0).await;
+    let (mut client, status) = Client::hello(safekeeper.addr).await;
+    let expected_status = AcceptorStatus {
+        term: 4,
+        term_history: history(&[(4, 0)]),
+        flush_lsn: end,
+        commit_lsn: end,
+    };
+    assert_eq!(status, expected_status);
+    let read = Request::ReadWal {
+        start_lsn: Lsn::ZERO,
+        end_lsn: end,
+        max_bytes: 1 << 20,
+    };
+    assert_eq!(
+        client.call(read).await,
+        Response::Wal {
+            start_lsn: Lsn::ZERO,
+            data: expected.freeze()
+        }
+    );
+    assert!(matches!(
+        client.call(Request::RequestVote { term: 4 }).await,
+        Response::Vote { granted: false, .. }
+    ));
+    safekeeper.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_closes_only_that_connection() {
+    let dir = TempDir::new("server-bad-input");
+    let safekeeper = Running::start(&dir.0).await;
+    let (mut proposer, _) = Client::elected(safekeeper.addr, 1).await;
+
+    // A first request that is neither Hello nor StartReplication.
+    let mut client = Client::connect(safekeeper.addr).await;
+    assert!(matches!(
+        client.call(Request::RequestVote { term: 9 }).await,
+        Response::Error { .. }
+    ));
+    assert_eq!(client.try_recv().await, None);
+
+    // A frame with a bad checksum, a malformed message and raw garbage.
+    let mut frame = BytesMut::new();
+    wire::encode_frame(&Request::Hello { timeline: TIMELINE }.encode(), &mut frame);
+    let last = frame.len() - 1;
+    frame[last] ^= 0xff;
+    let mut malformed = BytesMut::new();
+    wire::encode_frame(&[200, 1, 2, 3], &mut malformed);
+    for bad in [frame.to_vec(), malformed.to_vec(), vec![0xff; 64]] {
+        let mut client = Client::connect(safekeeper.addr).await;
+        client.stream.write_all(&bad).await.unwrap();
+        assert!(matches!(
+            client.try_recv().await,
+            Some(Response::Error { .. })
+        ));
+        assert_eq!(client.try_recv().await, None);
+    }
+    // A bad Append on a live proposer connection is answered, and nothing else changes.
+    let bad = Request::Append {
+        term: 1,
+        begin_lsn: Lsn::ZERO,
+        commit_lsn: Lsn::ZERO,
+        data: Bytes::from_static(b"junk"),
+    };
+    assert!(matches!(proposer.call(bad).await, Response::Error { .. }));
+    let (_, status) = Client::hello(safekeeper.addr).await;
+    assert_eq!((status.term, status.flush_lsn), (1, Lsn::ZERO));
+    let good = record(1, 10);
+    let end = Lsn(good.len() as u64);
+    let append = Request::Append {
+        term: 1,
+        begin_lsn: Lsn::ZERO,
+        commit_lsn: Lsn::ZERO,
+        data: good,
+    };
+    assert_eq!(
+        proposer.call(append).await,
+        Response::Flushed {
+            term: 1,
+            flush_lsn: end
+        }
+    );
+    safekeeper.stop().await;
+}

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Installs what the tests need (PostgreSQL 15 for the comparison tests) and runs every test:
+# unit tests, integration tests with real processes, and the PostgreSQL comparison.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Builds go outside the clone so repeated runs reuse them; a clean run still works.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/omendb-target}"
+
+have_postgres() {
+    command -v psql >/dev/null && command -v initdb >/dev/null && command -v pg_ctl >/dev/null && command -v postgres >/dev/null
+}
+if ! have_postgres && [ -d /usr/lib/postgresql/15/bin ]; then
+    export PATH="/usr/lib/postgresql/15/bin:$PATH"
+fi
+if ! have_postgres; then
+    echo "installing PostgreSQL 15 for the comparison tests" >&2
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql-15 postgresql-client-15 >/dev/null
+    export PATH="/usr/lib/postgresql/15/bin:$PATH"
+fi
+if [ "$(id -u)" = 0 ] && ! id postgres >/dev/null 2>&1; then
+    useradd --system --home-dir /var/lib/postgresql --shell /bin/bash postgres
+fi
+
+cargo build --workspace --all-targets --locked
+cargo test --workspace --locked -- --test-threads=2

@@ -1,0 +1,201 @@
+//! The `omendb` command: parses arguments and calls into the component crates.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use ids::{TenantId, TimelineId};
+
+#[derive(Parser)]
+#[command(
+    name = "omendb",
+    version,
+    about = "OmenDB: a serverless PostgreSQL-compatible database"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start the local cluster (3 safekeepers, a pageserver and a compute) and print its
+    /// connection string. Stops on Ctrl-C or SIGTERM; a later start finds the same data.
+    Start {
+        /// Folder holding all of the cluster's state.
+        #[arg(long, default_value = "./.omendb")]
+        data_dir: PathBuf,
+        /// Port on 127.0.0.1 for PostgreSQL clients.
+        #[arg(long, default_value_t = 55432)]
+        port: u16,
+        /// Object store for the pageserver's layer files: a local folder (or file:// URL).
+        /// Default: <data-dir>/object-store.
+        #[arg(long)]
+        object_store: Option<String>,
+        /// How long COMMIT waits for a majority of safekeepers before it fails.
+        #[arg(long, default_value_t = 10_000)]
+        commit_timeout_ms: u64,
+    },
+    /// Run one safekeeper (WAL acceptor).
+    Safekeeper {
+        /// This safekeeper's number in the cluster.
+        #[arg(long)]
+        id: u32,
+        /// Address to listen on.
+        #[arg(long)]
+        listen: SocketAddr,
+        /// Folder for its WAL and control files.
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
+    /// Run the pageserver.
+    Pageserver {
+        /// Address to listen on for computes.
+        #[arg(long)]
+        listen: SocketAddr,
+        /// Folder for its local cache.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Object store: a local folder (or file:// URL).
+        #[arg(long)]
+        object_store: String,
+        /// Safekeepers to stream WAL from, comma-separated.
+        #[arg(long, value_delimiter = ',', required = true)]
+        safekeepers: Vec<SocketAddr>,
+        /// Tenant id (32 hex digits).
+        #[arg(long)]
+        tenant: TenantId,
+        /// Timeline id (32 hex digits).
+        #[arg(long)]
+        timeline: TimelineId,
+        /// Upload ingested WAL to the object store at least this often.
+        #[arg(long, default_value_t = 1000)]
+        checkpoint_interval_ms: u64,
+        /// How long a read waits for the WAL it needs.
+        #[arg(long, default_value_t = 10_000)]
+        wait_lsn_timeout_ms: u64,
+    },
+    /// Run a compute node: become the primary for the timeline and serve PostgreSQL clients.
+    Compute {
+        /// Address to listen on for PostgreSQL clients.
+        #[arg(long)]
+        listen: SocketAddr,
+        /// Safekeepers, comma-separated.
+        #[arg(long, value_delimiter = ',', required = true)]
+        safekeepers: Vec<SocketAddr>,
+        /// Pageserver address.
+        #[arg(long)]
+        pageserver: SocketAddr,
+        /// Timeline id (32 hex digits).
+        #[arg(long)]
+        timeline: TimelineId,
+        /// How long COMMIT waits for a majority of safekeepers before it fails.
+        #[arg(long, default_value_t = 10_000)]
+        commit_timeout_ms: u64,
+        /// How long start-up may spend winning the election.
+        #[arg(long, default_value_t = 60_000)]
+        election_timeout_ms: u64,
+    },
+}
+
+fn object_store_dir(spec: &str) -> anyhow::Result<PathBuf> {
+    if let Some(path) = spec.strip_prefix("file://") {
+        return Ok(PathBuf::from(path));
+    }
+    if spec.contains("://") {
+        bail!("object store {spec:?}: only local folders are supported so far");
+    }
+    Ok(PathBuf::from(spec))
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let shutdown = control_plane::shutdown_signal();
+        match cli.command {
+            Command::Start {
+                data_dir,
+                port,
+                object_store,
+                commit_timeout_ms,
+            } => {
+                let object_store_dir = object_store.as_deref().map(object_store_dir).transpose()?;
+                let binary = std::env::current_exe().context("finding the omendb binary")?;
+                control_plane::start(control_plane::StartConfig {
+                    data_dir,
+                    port,
+                    object_store_dir,
+                    commit_timeout_ms,
+                    binary,
+                })
+                .await
+            }
+            Command::Safekeeper {
+                id,
+                listen,
+                data_dir,
+            } => {
+                safekeeper::run(
+                    safekeeper::Config {
+                        id,
+                        listen,
+                        data_dir,
+                    },
+                    shutdown,
+                )
+                .await
+            }
+            Command::Pageserver {
+                listen,
+                data_dir,
+                object_store,
+                safekeepers,
+                tenant,
+                timeline,
+                checkpoint_interval_ms,
+                wait_lsn_timeout_ms,
+            } => {
+                let config = pageserver::Config {
+                    listen,
+                    data_dir,
+                    object_store_dir: object_store_dir(&object_store)?,
+                    safekeepers,
+                    tenant,
+                    timeline,
+                    checkpoint_interval: Duration::from_millis(checkpoint_interval_ms),
+                    wait_lsn_timeout: Duration::from_millis(wait_lsn_timeout_ms),
+                };
+                pageserver::run(config, shutdown).await
+            }
+            Command::Compute {
+                listen,
+                safekeepers,
+                pageserver,
+                timeline,
+                commit_timeout_ms,
+                election_timeout_ms,
+            } => {
+                let config = compute::Config {
+                    listen,
+                    safekeepers,
+                    pageserver,
+                    timeline,
+                    commit_timeout: Duration::from_millis(commit_timeout_ms),
+                    election_timeout: Duration::from_millis(election_timeout_ms),
+                };
+                compute::run(config, shutdown).await
+            }
+        }
+    })
+}

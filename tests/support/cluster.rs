@@ -1,0 +1,322 @@
+//! A real OmenDB cluster for tests: 3 safekeepers, a pageserver and a compute, each a
+//! separate `omendb` process on 127.0.0.1, under one temporary folder. Each component can
+//! be killed (SIGKILL), stopped (SIGTERM) and started again with the same addresses and
+//! folders, which is what the fault tests need.
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+/// How long a component may take to accept connections.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+pub const SAFEKEEPERS: [&str; 3] = ["safekeeper-1", "safekeeper-2", "safekeeper-3"];
+
+pub struct Options {
+    /// How long COMMIT waits for a safekeeper majority.
+    pub commit_timeout_ms: u64,
+    /// How often the pageserver uploads to the object store.
+    pub checkpoint_interval_ms: u64,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            commit_timeout_ms: 10_000,
+            checkpoint_interval_ms: 200,
+        }
+    }
+}
+
+struct Component {
+    args: Vec<String>,
+    addr: SocketAddr,
+    child: Option<Child>,
+}
+
+pub struct Cluster {
+    pub dir: PathBuf,
+    binary: PathBuf,
+    components: BTreeMap<String, Component>,
+}
+
+fn free_addr() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind an ephemeral port")
+        .local_addr()
+        .expect("local addr")
+}
+
+impl Cluster {
+    pub fn start(name: &str) -> Cluster {
+        Cluster::start_with(name, Options::default())
+    }
+
+    pub fn start_with(name: &str, options: Options) -> Cluster {
+        let mut cluster = Cluster::create(name, options);
+        for name in cluster.names() {
+            cluster.start_component(&name);
+        }
+        cluster
+    }
+
+    /// Lays out the cluster without starting anything.
+    pub fn create(name: &str, options: Options) -> Cluster {
+        let dir = std::env::temp_dir().join(format!(
+            "omendb-test-{name}-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("logs")).expect("create the test folder");
+        let binary = PathBuf::from(env!("CARGO_BIN_EXE_omendb"));
+        let timeline = format!(
+            "{:032x}",
+            0x0e0d_0000_0000_0000_0000_0000_0000_0001u128 + COUNTER.load(Ordering::Relaxed) as u128
+        );
+        let tenant = format!("{:032x}", 0x7e_0000_0000_0000_0000_0000_0000_0001u128);
+        let mut components = BTreeMap::new();
+        let mut sk_addrs = Vec::new();
+        for (i, sk) in SAFEKEEPERS.iter().enumerate() {
+            let addr = free_addr();
+            sk_addrs.push(addr.to_string());
+            let args = vec![
+                "safekeeper".into(),
+                "--id".into(),
+                (i + 1).to_string(),
+                "--listen".into(),
+                addr.to_string(),
+                "--data-dir".into(),
+                dir.join(sk).display().to_string(),
+            ];
+            components.insert(
+                sk.to_string(),
+                Component {
+                    args,
+                    addr,
+                    child: None,
+                },
+            );
+        }
+        let ps_addr = free_addr();
+        let ps_args = vec![
+            "pageserver".into(),
+            "--listen".into(),
+            ps_addr.to_string(),
+            "--data-dir".into(),
+            dir.join("pageserver").display().to_string(),
+            "--object-store".into(),
+            dir.join("object-store").display().to_string(),
+            "--safekeepers".into(),
+            sk_addrs.join(","),
+            "--tenant".into(),
+            tenant,
+            "--timeline".into(),
+            timeline.clone(),
+            "--checkpoint-interval-ms".into(),
+            options.checkpoint_interval_ms.to_string(),
+        ];
+        components.insert(
+            "pageserver".into(),
+            Component {
+                args: ps_args,
+                addr: ps_addr,
+                child: None,
+            },
+        );
+        let pg_addr = free_addr();
+        let compute_args = vec![
+            "compute".into(),
+            "--listen".into(),
+            pg_addr.to_string(),
+            "--safekeepers".into(),
+            sk_addrs.join(","),
+            "--pageserver".into(),
+            ps_addr.to_string(),
+            "--timeline".into(),
+            timeline,
+            "--commit-timeout-ms".into(),
+            options.commit_timeout_ms.to_string(),
+        ];
+        components.insert(
+            "compute".into(),
+            Component {
+                args: compute_args,
+                addr: pg_addr,
+                child: None,
+            },
+        );
+        std::fs::create_dir_all(dir.join("object-store")).expect("create the object store folder");
+        Cluster {
+            dir,
+            binary,
+            components,
+        }
+    }
+
+    /// Component names in start order.
+    pub fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = SAFEKEEPERS.iter().map(|s| s.to_string()).collect();
+        names.push("pageserver".into());
+        names.push("compute".into());
+        names
+    }
+
+    pub fn url(&self) -> String {
+        format!(
+            "postgres://omendb@{}/omendb",
+            self.components["compute"].addr
+        )
+    }
+
+    pub fn addr(&self, name: &str) -> SocketAddr {
+        self.components[name].addr
+    }
+
+    pub fn log_path(&self, name: &str) -> PathBuf {
+        self.dir.join("logs").join(format!("{name}.log"))
+    }
+
+    /// The last lines of a component's log, for failure messages.
+    pub fn log_tail(&self, name: &str) -> String {
+        let text = std::fs::read_to_string(self.log_path(name)).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    /// Starts a component (again) and waits until it accepts connections.
+    pub fn start_component(&mut self, name: &str) {
+        let log_path = self.log_path(name);
+        let binary = self.binary.clone();
+        let component = self
+            .components
+            .get_mut(name)
+            .unwrap_or_else(|| panic!("no component {name}"));
+        assert!(component.child.is_none(), "{name} is already running");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .expect("open log");
+        let child = Command::new(&binary)
+            .args(&component.args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("clone log"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {name}: {e}"));
+        component.child = Some(child);
+        let addr = component.addr;
+        let deadline = Instant::now() + READY_TIMEOUT;
+        while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+            let component = self.components.get_mut(name).expect("component");
+            if let Some(status) = component
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!(
+                    "{name} exited with {status} while starting:\n{}",
+                    self.log_tail(name)
+                );
+            }
+            if Instant::now() > deadline {
+                panic!("{name} did not start in time:\n{}", self.log_tail(name));
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    pub fn pid(&self, name: &str) -> Option<u32> {
+        self.components[name].child.as_ref().map(|c| c.id())
+    }
+
+    /// SIGKILLs a component and reaps it.
+    pub fn kill(&mut self, name: &str) {
+        if let Some(mut child) = self.components.get_mut(name).and_then(|c| c.child.take()) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGKILLs every process at once, then reaps them.
+    pub fn kill_all(&mut self) {
+        let mut children: Vec<Child> = self
+            .components
+            .values_mut()
+            .filter_map(|c| c.child.take())
+            .collect();
+        for child in &children {
+            // SAFETY: signalling our own child processes.
+            unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+        }
+        for child in &mut children {
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERMs a component and waits for it to exit; returns whether it exited cleanly.
+    pub fn stop(&mut self, name: &str) -> bool {
+        let Some(mut child) = self.components.get_mut(name).and_then(|c| c.child.take()) else {
+            return true;
+        };
+        // SAFETY: signalling our own child process.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status.success();
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn component_dir(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    pub fn object_store_dir(&self) -> PathBuf {
+        self.dir.join("object-store")
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.kill_all();
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        } else {
+            eprintln!("cluster folder kept for inspection: {}", self.dir.display());
+        }
+    }
+}
+
+/// Every file under `dir`, recursively.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                out.push(path);
+            }
+        }
+    }
+    out
+}
