@@ -199,6 +199,13 @@ fn pageserver_on_an_empty_disk_rebuilds_from_the_object_store() {
             .execute("DELETE FROM r WHERE id >= 45", &[])
             .await
             .unwrap();
+        // A read at the latest snapshot makes the pageserver ingest everything first.
+        let n: i64 = client
+            .query_one("SELECT count(*) FROM r", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(n, 45);
     });
     assert!(
         cluster.stop("pageserver"),
@@ -280,7 +287,7 @@ fn a_fresh_compute_reads_catalog_and_data_from_the_pageserver() {
 #[test]
 fn a_new_primary_fences_the_old_one() {
     let rt = runtime();
-    let mut cluster = Cluster::start("fencing");
+    let cluster = Cluster::start("fencing");
     let old_url = cluster.url();
     rt.block_on(async {
         let old = connect(&old_url).await;

@@ -14,6 +14,7 @@ pub mod catalog;
 pub mod engine;
 pub mod error;
 pub mod pageserver_client;
+pub mod pgcompat;
 pub mod pgtypes;
 pub mod pgwire;
 pub mod provider;

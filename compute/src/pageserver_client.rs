@@ -53,10 +53,15 @@ impl PageserverClient {
         }
     }
 
-    async fn connection(&self) -> Result<TcpStream, PageserverError> {
+    /// A pooled connection if there is one (`true`), else a new one (`false`).
+    async fn connection(&self) -> Result<(TcpStream, bool), PageserverError> {
         if let Some(stream) = self.pool.lock().expect("pool lock").pop() {
-            return Ok(stream);
+            return Ok((stream, true));
         }
+        Ok((self.connect().await?, false))
+    }
+
+    async fn connect(&self) -> Result<TcpStream, PageserverError> {
         let stream = tokio::time::timeout(
             Duration::from_millis(CONNECT_TIMEOUT_MS),
             TcpStream::connect(self.addr),
@@ -86,20 +91,33 @@ impl PageserverClient {
         }
     }
 
-    /// Sends `request` on a pooled connection, retrying once on a fresh connection when a
-    /// pooled one turned out to be dead (the pageserver may have restarted).
-    async fn start(&self, request: &Request) -> Result<TcpStream, PageserverError> {
-        let payload = request.encode();
-        let mut stream = self.connection().await?;
-        if wire::write_frame(&mut stream, &payload).await.is_ok() {
-            return Ok(stream);
-        }
-        self.pool.lock().expect("pool lock").clear();
-        let mut stream = self.connection().await?;
-        wire::write_frame(&mut stream, &payload)
+    async fn send_and_recv(
+        &self,
+        stream: &mut TcpStream,
+        payload: &[u8],
+    ) -> Result<Response, PageserverError> {
+        wire::write_frame(stream, payload)
             .await
             .map_err(|e| self.unavailable(e))?;
-        Ok(stream)
+        self.recv(stream).await
+    }
+
+    /// Sends `request` and reads the first response. A pooled connection may have died
+    /// with a restarted pageserver (a write to it can still succeed; the read then sees the
+    /// end of the stream), so a failure on one is retried once on a new connection.
+    async fn start(&self, request: &Request) -> Result<(TcpStream, Response), PageserverError> {
+        let payload = request.encode();
+        let (mut stream, pooled) = self.connection().await?;
+        match self.send_and_recv(&mut stream, &payload).await {
+            Ok(response) => Ok((stream, response)),
+            Err(PageserverError::Unavailable { .. }) if pooled => {
+                self.pool.lock().expect("pool lock").clear();
+                let mut stream = self.connect().await?;
+                let response = self.send_and_recv(&mut stream, &payload).await?;
+                Ok((stream, response))
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// The row at `key` of `table` as of `lsn`.
@@ -115,14 +133,12 @@ impl PageserverClient {
             key,
             lsn,
         };
-        let mut stream = self.start(&request).await?;
-        match self.recv(&mut stream).await {
-            Ok(Response::Row { value }) => {
+        match self.start(&request).await? {
+            (stream, Response::Row { value }) => {
                 self.give_back(stream);
                 Ok(value)
             }
-            Ok(other) => Err(self.unavailable(format!("unexpected answer to GetRow: {other:?}"))),
-            Err(e) => Err(e),
+            (_, other) => Err(self.unavailable(format!("unexpected answer to GetRow: {other:?}"))),
         }
     }
 
@@ -138,15 +154,20 @@ impl PageserverClient {
                 end: None,
                 lsn,
             };
-            let mut stream = match client.start(&request).await {
-                Ok(stream) => stream,
+            let (mut stream, first) = match client.start(&request).await {
+                Ok(started) => started,
                 Err(e) => {
                     let _ = tx.send(Err(e)).await;
                     return;
                 }
             };
+            let mut next = Some(Ok(first));
             loop {
-                match client.recv(&mut stream).await {
+                let response = match next.take() {
+                    Some(response) => response,
+                    None => client.recv(&mut stream).await,
+                };
+                match response {
                     Ok(Response::RowBatch { rows }) => {
                         if tx.send(Ok(rows)).await.is_err() {
                             return; // consumer gone; the connection is mid-scan, drop it

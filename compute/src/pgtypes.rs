@@ -302,18 +302,62 @@ pub fn format_timestamp(micros: i64, with_tz: bool) -> String {
 // Numbers
 // ---------------------------------------------------------------------------------------------
 
-/// Shortest round-trip digits in PostgreSQL's layout (Ryu as in `float8out` with
-/// extra_float_digits > 0): fixed notation for decimal exponents in `-4..max_fixed_exp`,
-/// otherwise `d.ddde+XX` with at least two exponent digits.
-fn format_shortest(sci: &str, max_fixed_exp: i32) -> String {
-    // `sci` is Rust's `{:e}` rendering (shortest round-trip digits): "-1.2345e-5", "1e15".
-    let (neg, body) = match sci.strip_prefix('-') {
-        Some(rest) => (true, rest),
-        None => (false, sci),
-    };
-    let (mantissa, exp) = body.split_once('e').unwrap_or((body, "0"));
-    let exp: i32 = exp.parse().unwrap_or(0);
-    let digits: String = mantissa.chars().filter(|c| *c != '.').collect();
+/// `floor(x * 2^e2 / 10^k)`, how the remainder compares with half a unit, and whether it is
+/// zero, exactly in u128; `None` when the operands do not fit.
+fn div_pow10(x: u128, e2: i32, k: i32) -> Option<(u128, std::cmp::Ordering, bool)> {
+    let pow2 = |n: i32| 1u128.checked_shl(n as u32).filter(|_| n < 127);
+    let num = x
+        .checked_mul(pow2(e2.max(0))?)?
+        .checked_mul(10u128.checked_pow((-k).max(0) as u32)?)?;
+    let den = 10u128
+        .checked_pow(k.max(0) as u32)?
+        .checked_mul(pow2((-e2).max(0))?)?;
+    let rem = num % den;
+    Some((num / den, rem.checked_mul(2)?.cmp(&den), rem == 0))
+}
+
+/// Shortest digits of the positive finite float `mant * 2^exp2` as PostgreSQL's Ryu
+/// (`d2s.c`/`f2s.c`, built without STRICTLY_SHORTEST) picks them: the fewest digits strictly
+/// inside the rounding interval, rounded half-even from the exact value. Rust's shortest
+/// algorithm accepts the interval bounds and breaks exact ties upwards, so its digits (`sci`,
+/// a `{:e}` rendering) only give the starting length; an exact search settles the rest. Where
+/// the numbers exceed u128 (tiny or huge magnitudes, which cannot produce such ties) Rust's
+/// digits stand. Returns the digits and the decimal exponent of the first one.
+fn shortest_digits(mant: u64, exp2: i32, narrow_below: bool, sci: &str) -> (String, i32) {
+    let (mantissa, exp) = sci.split_once('e').unwrap_or((sci, "0"));
+    let rust_exp: i32 = exp.parse().unwrap_or(0);
+    let rust_digits: String = mantissa.chars().filter(char::is_ascii_digit).collect();
+    // The interval in units of 2^(exp2 - 2), as Ryu sets it up: (mm, mp), bounds excluded.
+    let e2 = exp2 - 2;
+    let mv = u128::from(mant) * 4;
+    let (mp, mm) = (mv + 2, mv - if narrow_below { 1 } else { 2 });
+    for len in rust_digits.len() as i32..=17 {
+        let k = rust_exp - len + 1;
+        let (Some((vm, ..)), Some((hi, _, hi_exact)), Some((vr, half, _))) = (
+            div_pow10(mm, e2, k),
+            div_pow10(mp, e2, k),
+            div_pow10(mv, e2, k),
+        ) else {
+            break;
+        };
+        // Is the smallest multiple of 10^k above the lower bound also below the upper one?
+        if vm + 1 < hi || (vm + 1 == hi && !hi_exact) {
+            let round_up = match half {
+                std::cmp::Ordering::Greater => true,
+                std::cmp::Ordering::Equal => vr % 2 == 1,
+                std::cmp::Ordering::Less => false,
+            };
+            let out = (vr + u128::from(vr == vm || round_up)).to_string();
+            let first_exp = k + out.len() as i32 - 1;
+            return (out.trim_end_matches('0').to_string(), first_exp);
+        }
+    }
+    (rust_digits, rust_exp)
+}
+
+/// PostgreSQL's layout of shortest digits: fixed notation for decimal exponents in
+/// `-4..max_fixed_exp`, otherwise `d.ddde+XX` with at least two exponent digits.
+fn layout_float(neg: bool, digits: &str, exp: i32, max_fixed_exp: i32) -> String {
     let n = digits.len() as i32;
     let mut s = String::with_capacity(26);
     if neg {
@@ -323,9 +367,9 @@ fn format_shortest(sci: &str, max_fixed_exp: i32) -> String {
         if exp < 0 {
             s.push_str("0.");
             s.extend(std::iter::repeat_n('0', (-exp - 1) as usize));
-            s.push_str(&digits);
+            s.push_str(digits);
         } else if exp + 1 >= n {
-            s.push_str(&digits);
+            s.push_str(digits);
             s.extend(std::iter::repeat_n('0', (exp + 1 - n) as usize));
         } else {
             let (int, frac) = digits.split_at(exp as usize + 1);
@@ -344,30 +388,50 @@ fn format_shortest(sci: &str, max_fixed_exp: i32) -> String {
     s
 }
 
+fn special_float(nan: bool, inf: bool, zero: bool, neg: bool) -> Option<String> {
+    Some(match (nan, inf, zero, neg) {
+        (true, ..) => "NaN".into(),
+        (_, true, _, false) => "Infinity".into(),
+        (_, true, _, true) => "-Infinity".into(),
+        (_, _, true, neg) => if neg { "-0" } else { "0" }.into(),
+        _ => return None,
+    })
+}
+
 /// `float8out` with extra_float_digits = 1 (PostgreSQL >= 12 default).
 pub fn format_float8(v: f64) -> String {
-    if v.is_nan() {
-        "NaN".into()
-    } else if v.is_infinite() {
-        if v > 0.0 { "Infinity" } else { "-Infinity" }.into()
-    } else if v == 0.0 {
-        if v.is_sign_negative() { "-0" } else { "0" }.into()
-    } else {
-        format_shortest(&format!("{v:e}"), 15)
+    let neg = v.is_sign_negative();
+    if let Some(s) = special_float(v.is_nan(), v.is_infinite(), v == 0.0, neg) {
+        return s;
     }
+    let bits = v.to_bits();
+    let (biased, fraction) = ((bits >> 52) & 0x7ff, bits & ((1 << 52) - 1));
+    let (mant, exp2) = if biased == 0 {
+        (fraction, -1074)
+    } else {
+        (fraction | (1 << 52), biased as i32 - 1075)
+    };
+    let narrow = fraction == 0 && biased > 1;
+    let (digits, exp) = shortest_digits(mant, exp2, narrow, &format!("{:e}", v.abs()));
+    layout_float(neg, &digits, exp, 15)
 }
 
 /// `float4out` with extra_float_digits = 1.
 pub fn format_float4(v: f32) -> String {
-    if v.is_nan() {
-        "NaN".into()
-    } else if v.is_infinite() {
-        if v > 0.0 { "Infinity" } else { "-Infinity" }.into()
-    } else if v == 0.0 {
-        if v.is_sign_negative() { "-0" } else { "0" }.into()
-    } else {
-        format_shortest(&format!("{v:e}"), 6)
+    let neg = v.is_sign_negative();
+    if let Some(s) = special_float(v.is_nan(), v.is_infinite(), v == 0.0, neg) {
+        return s;
     }
+    let bits = v.to_bits();
+    let (biased, fraction) = ((bits >> 23) & 0xff, bits & ((1 << 23) - 1));
+    let (mant, exp2) = if biased == 0 {
+        (fraction, -149)
+    } else {
+        (fraction | (1 << 23), biased as i32 - 150)
+    };
+    let narrow = fraction == 0 && biased > 1;
+    let (digits, exp) = shortest_digits(mant.into(), exp2, narrow, &format!("{:e}", v.abs()));
+    layout_float(neg, &digits, exp, 6)
 }
 
 /// A scaled integer as PostgreSQL prints numeric: exactly `scale` fraction digits.
@@ -966,15 +1030,12 @@ fn parse_datetime(s: &str, kind: Kind) -> Result<i64, PgTypeError> {
                 while b.get(i).is_some_and(u8::is_ascii_digit) {
                     i += 1;
                 }
-                let frac = &t[start..i];
-                // Microsecond precision, rounding half up on the seventh digit.
-                for k in 0..6 {
-                    micros =
-                        micros * 10 + frac.as_bytes().get(k).map_or(0, |d| i64::from(d - b'0'));
+                // PostgreSQL parses the fraction with strtod and rounds with rint.
+                let frac: f64 = format!("0.{}", &t[start..i]).parse().map_err(|_| bad())?;
+                if i == start {
+                    return Err(bad());
                 }
-                if frac.as_bytes().get(6).is_some_and(|d| *d >= b'5') {
-                    micros += 1;
-                }
+                micros = (frac * 1e6).round_ties_even() as i64;
             }
         }
     }
@@ -1283,4 +1344,660 @@ fn decode_numeric_binary(bytes: &[u8]) -> Result<ScalarValue, PgTypeError> {
         38,
         dscale as i8,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::{
+        ArrayRef, BinaryArray, BooleanArray, Date32Array, Date64Array, Decimal128Array,
+        Float32Array, Float64Array, Int16Array, Int32Array, Int64Array, StringArray,
+        Time64MicrosecondArray, TimestampMicrosecondArray, TimestampNanosecondArray, UInt64Array,
+    };
+    use std::collections::HashMap;
+
+    fn text(array: &dyn Array, row: usize) -> String {
+        let mut out = BytesMut::new();
+        encode_text(array, row, &mut out).unwrap();
+        String::from_utf8(out.to_vec()).unwrap()
+    }
+
+    fn binary(array: &dyn Array, row: usize) -> Vec<u8> {
+        let mut out = BytesMut::new();
+        encode_binary(array, row, &mut out).unwrap();
+        out.to_vec()
+    }
+
+    fn param(oid: u32, s: &str) -> Result<ScalarValue, PgTypeError> {
+        decode_param(oid, 0, s.as_bytes())
+    }
+
+    fn code(r: Result<ScalarValue, PgTypeError>) -> &'static str {
+        r.expect_err("expected an error").sqlstate()
+    }
+
+    #[test]
+    fn float8_matches_postgres() {
+        // Outputs checked against PostgreSQL 15 (`select x::float8`); a 120k-value random
+        // comparison, including exact ties and interval bounds, matched as well.
+        let cases: [(f64, &str); 18] = [
+            (0.1, "0.1"),
+            (1.5, "1.5"),
+            (100.0, "100"),
+            (1e15, "1e+15"),
+            (123456789012345.0, "123456789012345"),
+            (1e-5, "1e-05"),
+            (1.5e-5, "1.5e-05"),
+            (0.0001, "0.0001"),
+            (-0.0, "-0"),
+            (0.0, "0"),
+            (f64::MAX, "1.7976931348623157e+308"),
+            (5e-324, "5e-324"),
+            (-1e100, "-1e+100"),
+            (f64::NAN, "NaN"),
+            (f64::INFINITY, "Infinity"),
+            (f64::NEG_INFINITY, "-Infinity"),
+            // Rust's shortest digits would be 3.172230058817275e16 (on the interval bound).
+            (3.172230058817275e16, "3.1722300588172752e+16"),
+            (1.0 / 3.0, "0.3333333333333333"),
+        ];
+        for (v, want) in cases {
+            assert_eq!(format_float8(v), want, "{v:e}");
+        }
+    }
+
+    #[test]
+    fn float4_matches_postgres() {
+        let cases: [(f32, &str); 9] = [
+            (1e6, "1e+06"),
+            (123456.0, "123456"),
+            (1e-5, "1e-05"),
+            (0.1, "0.1"),
+            (f32::MAX, "3.4028235e+38"),
+            (-0.0, "-0"),
+            // An exact tie: PostgreSQL rounds half to even, Rust's shortest rounds up.
+            (1346681.25, "1.3466812e+06"),
+            (8.124762e7, "8.1247616e+07"),
+            (f32::NAN, "NaN"),
+        ];
+        for (v, want) in cases {
+            assert_eq!(format_float4(v), want, "{v:e}");
+        }
+    }
+
+    #[test]
+    fn pg_types_of_fields_and_columns() {
+        let f = ColumnType::Varchar(Some(20)).arrow_field("v", true);
+        assert_eq!(
+            pg_type_for_field(&f),
+            PgType {
+                typmod: 24,
+                ..PgType::VARCHAR
+            }
+        );
+        let num = ColumnType::Numeric {
+            precision: 10,
+            scale: 2,
+        };
+        let t = pg_type_for_field(&num.arrow_field("n", true));
+        assert_eq!((t.oid, t.typmod, t.typlen), (1700, (10 << 16 | 2) + 4, -1));
+        assert_eq!(pg_type_for_column(&ColumnType::Int), PgType::INT4);
+        // Metadata that disagrees with the Arrow type is ignored.
+        let lying = Field::new("x", DataType::Int64, true).with_metadata(HashMap::from([(
+            PG_TYPE_METADATA_KEY.to_string(),
+            "int4".to_string(),
+        )]));
+        assert_eq!(pg_type_for_field(&lying).oid, oid::INT8);
+        let cases = [
+            (DataType::Int16, 21),
+            (DataType::Int32, 23),
+            (DataType::Int64, 20),
+            (DataType::Float32, 700),
+            (DataType::Float64, 701),
+            (DataType::Utf8, 25),
+            (DataType::LargeUtf8, 25),
+            (DataType::Utf8View, 25),
+            (DataType::Boolean, 16),
+            (DataType::Decimal128(38, 10), 1700),
+            (DataType::Date32, 1082),
+            (DataType::Timestamp(TimeUnit::Microsecond, None), 1114),
+            (
+                DataType::Timestamp(TimeUnit::Nanosecond, Some("UTC".into())),
+                1184,
+            ),
+            (DataType::Binary, 17),
+            (DataType::LargeBinary, 17),
+            (DataType::Null, 25),
+            (DataType::Time64(TimeUnit::Microsecond), 25),
+            (DataType::UInt64, 1700),
+        ];
+        for (dt, want) in cases {
+            assert_eq!(
+                pg_type_for_field(&Field::new("c", dt.clone(), true)).oid,
+                want,
+                "{dt}"
+            );
+        }
+        for t in [
+            ColumnType::Date,
+            ColumnType::Timestamp,
+            ColumnType::TimestampTz,
+            ColumnType::Bytea,
+        ] {
+            assert_eq!(
+                pg_type_for_column(&t),
+                pg_type_for_field(&t.arrow_field("c", true))
+            );
+        }
+    }
+
+    #[test]
+    fn text_output_of_every_type() {
+        assert_eq!(text(&BooleanArray::from(vec![true, false]), 1), "f");
+        assert_eq!(text(&Int16Array::from(vec![-32768]), 0), "-32768");
+        assert_eq!(text(&Int32Array::from(vec![42]), 0), "42");
+        assert_eq!(
+            text(&Int64Array::from(vec![i64::MIN]), 0),
+            "-9223372036854775808"
+        );
+        assert_eq!(
+            text(&UInt64Array::from(vec![u64::MAX]), 0),
+            "18446744073709551615"
+        );
+        assert_eq!(text(&Float64Array::from(vec![1e15]), 0), "1e+15");
+        assert_eq!(text(&Float32Array::from(vec![1.5f32]), 0), "1.5");
+        assert_eq!(text(&StringArray::from(vec!["héllo"]), 0), "héllo");
+        assert_eq!(
+            text(&BinaryArray::from(vec![&[10u8, 11, 255][..]]), 0),
+            "\\x0a0bff"
+        );
+        assert_eq!(text(&BinaryArray::from(vec![&[][..]]), 0), "\\x");
+        let dec = |v: i128, p: u8, s: i8| {
+            text(
+                &Decimal128Array::from(vec![v])
+                    .with_precision_and_scale(p, s)
+                    .unwrap(),
+                0,
+            )
+        };
+        assert_eq!(dec(1250, 10, 2), "12.50");
+        assert_eq!(dec(-5, 10, 2), "-0.05");
+        assert_eq!(dec(0, 10, 2), "0.00");
+        assert_eq!(dec(7, 10, 0), "7");
+        assert_eq!(dec(12, 5, -3), "12000");
+        assert_eq!(dec(-1, 38, 10), "-0.0000000001");
+        let date = |d: i32| text(&Date32Array::from(vec![d]), 0);
+        assert_eq!(date(19737), "2024-01-15");
+        assert_eq!(date(0), "1970-01-01");
+        assert_eq!(date(-719_162), "0001-01-01");
+        assert_eq!(date(-735_160), "0044-03-15 BC");
+        assert_eq!(date(2_932_897), "10000-01-01");
+        assert_eq!(date(i32::MAX), "infinity");
+        assert_eq!(date(i32::MIN), "-infinity");
+        assert_eq!(text(&Date64Array::from(vec![86_400_000]), 0), "1970-01-02");
+        let ts = |v: i64, tz: bool| {
+            let a = TimestampMicrosecondArray::from(vec![v]);
+            text(&if tz { a.with_timezone("+00:00") } else { a }, 0)
+        };
+        assert_eq!(ts(1_705_314_600_000_000, false), "2024-01-15 10:30:00");
+        assert_eq!(
+            ts(1_705_314_600_123_450, false),
+            "2024-01-15 10:30:00.12345"
+        );
+        assert_eq!(
+            ts(1_705_314_600_000_001, true),
+            "2024-01-15 10:30:00.000001+00"
+        );
+        assert_eq!(ts(-1, false), "1969-12-31 23:59:59.999999");
+        assert_eq!(
+            ts(-63_517_786_200_000_000, true),
+            "0044-03-15 10:30:00+00 BC"
+        );
+        assert_eq!(ts(i64::MAX, true), "infinity");
+        assert_eq!(ts(i64::MIN, false), "-infinity");
+        let nanos = TimestampNanosecondArray::from(vec![1_999]);
+        assert_eq!(text(&nanos, 0), "1970-01-01 00:00:00.000001");
+        // No PostgreSQL counterpart: Arrow's rendering.
+        assert_eq!(
+            text(&Time64MicrosecondArray::from(vec![3_600_000_000]), 0),
+            "01:00:00"
+        );
+        let mut out = BytesMut::new();
+        assert!(encode_text(&Int32Array::from(vec![1]), 1, &mut out).is_err());
+    }
+
+    #[test]
+    fn binary_output() {
+        assert_eq!(binary(&BooleanArray::from(vec![true]), 0), [1]);
+        assert_eq!(binary(&Int16Array::from(vec![-2]), 0), [0xff, 0xfe]);
+        assert_eq!(binary(&Int32Array::from(vec![258]), 0), [0, 0, 1, 2]);
+        assert_eq!(
+            binary(&Int64Array::from(vec![1]), 0),
+            [0, 0, 0, 0, 0, 0, 0, 1]
+        );
+        assert_eq!(
+            binary(&Float64Array::from(vec![1.5]), 0),
+            1.5f64.to_be_bytes()
+        );
+        assert_eq!(
+            binary(&Float32Array::from(vec![-2.0f32]), 0),
+            (-2.0f32).to_be_bytes()
+        );
+        assert_eq!(binary(&StringArray::from(vec!["hé"]), 0), "hé".as_bytes());
+        assert_eq!(binary(&BinaryArray::from(vec![&[0u8, 1][..]]), 0), [0, 1]);
+        assert_eq!(binary(&Date32Array::from(vec![10_957]), 0), [0, 0, 0, 0]);
+        assert_eq!(
+            binary(&Date32Array::from(vec![0]), 0),
+            (-10_957i32).to_be_bytes()
+        );
+        assert_eq!(
+            binary(&Date32Array::from(vec![i32::MAX]), 0),
+            i32::MAX.to_be_bytes()
+        );
+        let ts = TimestampMicrosecondArray::from(vec![946_684_800_000_001, i64::MIN]);
+        assert_eq!(binary(&ts, 0), 1i64.to_be_bytes());
+        assert_eq!(binary(&ts, 1), i64::MIN.to_be_bytes());
+        let mut out = BytesMut::new();
+        assert!(encode_binary(&Date32Array::from(vec![i32::MIN + 1]), 0, &mut out).is_err());
+    }
+
+    /// numeric_send of Decimal128(v, p, s), as (ndigits, weight, sign, dscale, digits).
+    fn numeric_send(v: i128, s: i8) -> (i16, i16, u16, u16, Vec<i16>) {
+        let a = Decimal128Array::from(vec![v])
+            .with_precision_and_scale(38, s)
+            .unwrap();
+        let b = binary(&a, 0);
+        let word = |i: usize| [b[2 * i], b[2 * i + 1]];
+        let digits = (4..b.len() / 2)
+            .map(|i| i16::from_be_bytes(word(i)))
+            .collect();
+        let h = |i| u16::from_be_bytes(word(i));
+        (h(0) as i16, h(1) as i16, h(2), h(3), digits)
+    }
+
+    #[test]
+    fn numeric_binary_output_matches_numeric_send() {
+        // Expected values from PostgreSQL 15 `numeric_send`.
+        assert_eq!(numeric_send(1250, 2), (2, 0, 0, 2, vec![12, 5000]));
+        assert_eq!(numeric_send(-1250, 2), (2, 0, 0x4000, 2, vec![12, 5000]));
+        assert_eq!(numeric_send(0, 0), (0, 0, 0, 0, vec![]));
+        assert_eq!(numeric_send(0, 3), (0, 0, 0, 3, vec![]));
+        assert_eq!(numeric_send(1, 4), (1, -1, 0, 4, vec![1]));
+        assert_eq!(numeric_send(1234, 8), (1, -2, 0, 8, vec![1234]));
+        assert_eq!(numeric_send(12, -3), (2, 1, 0, 0, vec![1, 2000]));
+        assert_eq!(numeric_send(100_000_000, 0), (1, 2, 0, 0, vec![1]));
+        let max = 10i128.pow(38) - 1;
+        assert_eq!(numeric_send(max, 0).0, 10);
+    }
+
+    #[test]
+    fn numeric_binary_round_trips() {
+        let values = [
+            0i128,
+            1,
+            -1,
+            1250,
+            -99_999,
+            10i128.pow(37),
+            -(10i128.pow(38) - 1),
+            5,
+        ];
+        for v in values {
+            for s in [0i8, 2, 4, 5, 10, 38] {
+                let a = Decimal128Array::from(vec![v])
+                    .with_precision_and_scale(38, s)
+                    .unwrap();
+                let back = decode_param(oid::NUMERIC, 1, &binary(&a, 0)).unwrap();
+                assert_eq!(
+                    back,
+                    ScalarValue::Decimal128(Some(v), 38, s),
+                    "{v} scale {s}"
+                );
+            }
+        }
+        // dscale hides digits: truncated, as numeric_recv does. 1.2345 with dscale 2.
+        let bytes = [0, 2, 0, 0, 0, 0, 0, 2, 0, 1, 0x09, 0x29];
+        assert_eq!(
+            param_bin(oid::NUMERIC, &bytes),
+            Ok(ScalarValue::Decimal128(Some(123), 38, 2))
+        );
+    }
+
+    fn param_bin(oid: u32, b: &[u8]) -> Result<ScalarValue, PgTypeError> {
+        decode_param(oid, 1, b)
+    }
+
+    #[test]
+    fn text_params() {
+        for t in ["t", "TRUE", "tr", " yes ", "on", "1", "Y"] {
+            assert_eq!(
+                param(oid::BOOL, t),
+                Ok(ScalarValue::Boolean(Some(true))),
+                "{t}"
+            );
+        }
+        for f in ["f", "false", "no", "off", "of", "0", "N"] {
+            assert_eq!(
+                param(oid::BOOL, f),
+                Ok(ScalarValue::Boolean(Some(false))),
+                "{f}"
+            );
+        }
+        assert_eq!(code(param(oid::BOOL, "o")), "22P02");
+        assert_eq!(param(oid::INT4, " -42 "), Ok(ScalarValue::Int32(Some(-42))));
+        assert_eq!(
+            param(oid::INT2, "-32768"),
+            Ok(ScalarValue::Int16(Some(-32768)))
+        );
+        assert_eq!(
+            param(oid::INT8, "+9223372036854775807"),
+            Ok(ScalarValue::Int64(Some(i64::MAX)))
+        );
+        let e = param(oid::INT4, "abc").unwrap_err();
+        assert_eq!(
+            (e.sqlstate(), e.message()),
+            ("22P02", "invalid input syntax for type integer: \"abc\"")
+        );
+        let e = param(oid::INT2, "99999").unwrap_err();
+        assert_eq!(
+            (e.sqlstate(), e.message()),
+            ("22003", "value \"99999\" is out of range for type smallint")
+        );
+        assert_eq!(
+            code(param(oid::INT8, "99999999999999999999999999999")),
+            "22003"
+        );
+        for bad in ["", "-", "1.0", "1e3", "0x10", "1 2"] {
+            assert_eq!(code(param(oid::INT4, bad)), "22P02", "{bad}");
+        }
+        assert_eq!(
+            param(oid::FLOAT8, " 1.5e3"),
+            Ok(ScalarValue::Float64(Some(1500.0)))
+        );
+        assert_eq!(
+            param(oid::FLOAT8, ".5"),
+            Ok(ScalarValue::Float64(Some(0.5)))
+        );
+        assert_eq!(
+            param(oid::FLOAT8, "-Infinity"),
+            Ok(ScalarValue::Float64(Some(f64::NEG_INFINITY)))
+        );
+        assert!(
+            matches!(param(oid::FLOAT4, "NaN"), Ok(ScalarValue::Float32(Some(v))) if v.is_nan())
+        );
+        let e = param(oid::FLOAT8, "1e400").unwrap_err();
+        assert_eq!(
+            (e.sqlstate(), e.message()),
+            (
+                "22003",
+                "\"1e400\" is out of range for type double precision"
+            )
+        );
+        assert_eq!(code(param(oid::FLOAT8, "1e-400")), "22003");
+        assert_eq!(code(param(oid::FLOAT4, "1e40")), "22003");
+        assert_eq!(code(param(oid::FLOAT8, "1.5x")), "22P02");
+        assert_eq!(code(param(oid::FLOAT8, "infinityx")), "22P02");
+        assert_eq!(
+            param(oid::NUMERIC, "12.50"),
+            Ok(ScalarValue::Decimal128(Some(1250), 38, 2))
+        );
+        assert_eq!(
+            param(oid::NUMERIC, "-0.001"),
+            Ok(ScalarValue::Decimal128(Some(-1), 38, 3))
+        );
+        assert_eq!(
+            param(oid::NUMERIC, "1.5e3"),
+            Ok(ScalarValue::Decimal128(Some(1500), 38, 0))
+        );
+        assert_eq!(
+            param(oid::NUMERIC, "5."),
+            Ok(ScalarValue::Decimal128(Some(5), 38, 0))
+        );
+        assert_eq!(
+            param(oid::NUMERIC, "0.00e1"),
+            Ok(ScalarValue::Decimal128(Some(0), 38, 1))
+        );
+        assert_eq!(code(param(oid::NUMERIC, "1e39")), "22003");
+        assert_eq!(code(param(oid::NUMERIC, &"9".repeat(39))), "22003");
+        assert_eq!(code(param(oid::NUMERIC, "NaN")), "0A000");
+        assert_eq!(code(param(oid::NUMERIC, "1.2.3")), "22P02");
+        assert_eq!(
+            param(oid::BYTEA, "\\x0a0B ff"),
+            Ok(ScalarValue::Binary(Some(vec![10, 11, 255])))
+        );
+        assert_eq!(
+            param(oid::BYTEA, "a\\\\b\\001"),
+            Ok(ScalarValue::Binary(Some(b"a\\b\x01".to_vec())))
+        );
+        assert_eq!(
+            param(oid::BYTEA, "\\xzz").unwrap_err().message(),
+            "invalid hexadecimal digit: \"z\""
+        );
+        assert_eq!(code(param(oid::BYTEA, "\\x123")), "22P02");
+        assert_eq!(code(param(oid::BYTEA, "\\9")), "22P02");
+        assert_eq!(
+            param(oid::VARCHAR, "x"),
+            Ok(ScalarValue::Utf8(Some("x".into())))
+        );
+        assert_eq!(param(0, "42"), Ok(ScalarValue::Utf8(Some("42".into()))));
+        assert_eq!(param(99_999, "?"), Ok(ScalarValue::Utf8(Some("?".into()))));
+        assert_eq!(code(decode_param(oid::TEXT, 0, &[0xff])), "22021");
+        assert_eq!(code(decode_param(oid::TEXT, 0, b"a\0")), "22021");
+        assert_eq!(code(decode_param(oid::TEXT, 2, b"a")), "22023");
+    }
+
+    fn ts_param(oid: u32, s: &str) -> Result<i64, PgTypeError> {
+        match param(oid, s)? {
+            ScalarValue::TimestampMicrosecond(Some(v), _) => Ok(v),
+            ScalarValue::Date32(Some(d)) => Ok(d.into()),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn datetime_params() {
+        let d = |s| ts_param(oid::DATE, s);
+        assert_eq!(d("2024-01-15"), Ok(19737));
+        assert_eq!(d(" 2024-1-5 "), Ok(19727));
+        assert_eq!(d("0044-03-15 BC"), Ok(-735_160));
+        assert_eq!(d("2024-01-15 10:00"), Ok(19737));
+        assert_eq!(d("infinity"), Ok(i32::MAX.into()));
+        assert_eq!(d("-infinity"), Ok(i32::MIN.into()));
+        assert_eq!(d("2024-02-29"), Ok(19782));
+        assert_eq!(code(param(oid::DATE, "2023-02-29")), "22008");
+        assert_eq!(code(param(oid::DATE, "2024-13-01")), "22008");
+        assert_eq!(code(param(oid::DATE, "0000-01-01")), "22008");
+        assert_eq!(code(param(oid::DATE, "5874898-01-01")), "22008");
+        let e = param(oid::DATE, "abc").unwrap_err();
+        assert_eq!(
+            (e.sqlstate(), e.message()),
+            ("22007", "invalid input syntax for type date: \"abc\"")
+        );
+        let t = |s| ts_param(oid::TIMESTAMP, s);
+        assert_eq!(t("2024-01-15 10:30:00"), Ok(1_705_314_600_000_000));
+        assert_eq!(t("2024-01-15T10:30:00.123456"), Ok(1_705_314_600_123_456));
+        assert_eq!(t("2024-01-15 10:30"), Ok(1_705_314_600_000_000));
+        assert_eq!(t("2024-01-15"), Ok(1_705_276_800_000_000));
+        // Rounded like PostgreSQL: rint(strtod(".1234565") * 1e6) = 123456.
+        assert_eq!(t("2024-01-15 10:30:00.1234565"), Ok(1_705_314_600_123_456));
+        assert_eq!(t("2024-01-15 10:30:00.9999999"), Ok(1_705_314_601_000_000));
+        assert_eq!(t("2024-01-15 24:00:00"), t("2024-01-16"));
+        assert_eq!(
+            t("2024-01-15 10:30:00+02"),
+            t("2024-01-15 10:30:00"),
+            "zone ignored"
+        );
+        assert_eq!(t("0044-03-15 10:30:00 BC"), Ok(-63_517_786_200_000_000));
+        assert_eq!(t("epoch"), Ok(0));
+        assert_eq!(code(param(oid::TIMESTAMP, "2024-01-15 25:00:00")), "22008");
+        assert_eq!(code(param(oid::TIMESTAMP, "2024-01-15 10:60")), "22008");
+        assert_eq!(code(param(oid::TIMESTAMP, "2024-01-15 10:30:00.")), "22007");
+        assert_eq!(code(param(oid::TIMESTAMP, "2024-01-15 10")), "22007");
+        assert_eq!(code(param(oid::TIMESTAMP, "2024-01-15 10:30 xyz")), "22007");
+        assert_eq!(code(param(oid::TIMESTAMP, "4714-11-23 BC")), "22008");
+        let tz = |s| ts_param(oid::TIMESTAMPTZ, s);
+        let base = 1_705_314_600_000_000;
+        assert_eq!(tz("2024-01-15 10:30:00"), Ok(base));
+        assert_eq!(tz("2024-01-15T10:30:00Z"), Ok(base));
+        assert_eq!(tz("2024-01-15 10:30:00 UTC"), Ok(base));
+        assert_eq!(tz("2024-01-15 12:30:00+02"), Ok(base));
+        assert_eq!(tz("2024-01-15 12:30:00+02:00"), Ok(base));
+        assert_eq!(tz("2024-01-15 16:00:00 +0530"), Ok(base));
+        assert_eq!(tz("2024-01-15 05:00:00-05:30"), Ok(base));
+        assert_eq!(
+            code(param(oid::TIMESTAMPTZ, "2024-01-15 10:00+16")),
+            "22008"
+        );
+        assert!(matches!(
+            param(oid::TIMESTAMPTZ, "2024-01-15"),
+            Ok(ScalarValue::TimestampMicrosecond(Some(_), Some(z))) if &*z == UTC_TZ
+        ));
+    }
+
+    #[test]
+    fn binary_params() {
+        assert_eq!(
+            param_bin(oid::BOOL, &[1]),
+            Ok(ScalarValue::Boolean(Some(true)))
+        );
+        assert_eq!(
+            param_bin(oid::INT2, &[0xff, 0xfe]),
+            Ok(ScalarValue::Int16(Some(-2)))
+        );
+        assert_eq!(
+            param_bin(oid::INT4, &[0, 0, 1, 2]),
+            Ok(ScalarValue::Int32(Some(258)))
+        );
+        assert_eq!(
+            param_bin(oid::INT8, &7i64.to_be_bytes()),
+            Ok(ScalarValue::Int64(Some(7)))
+        );
+        assert_eq!(
+            param_bin(oid::FLOAT4, &1.5f32.to_be_bytes()),
+            Ok(ScalarValue::Float32(Some(1.5)))
+        );
+        assert_eq!(
+            param_bin(oid::FLOAT8, &1.5f64.to_be_bytes()),
+            Ok(ScalarValue::Float64(Some(1.5)))
+        );
+        assert_eq!(
+            param_bin(oid::TEXT, b"hi"),
+            Ok(ScalarValue::Utf8(Some("hi".into())))
+        );
+        assert_eq!(
+            param_bin(oid::JSONB, b"\x01{}"),
+            Ok(ScalarValue::Utf8(Some("{}".into())))
+        );
+        assert_eq!(
+            param_bin(oid::BYTEA, &[0, 255]),
+            Ok(ScalarValue::Binary(Some(vec![0, 255])))
+        );
+        assert_eq!(
+            param_bin(oid::DATE, &[0, 0, 0, 0]),
+            Ok(ScalarValue::Date32(Some(10_957)))
+        );
+        assert_eq!(
+            param_bin(oid::DATE, &i32::MAX.to_be_bytes()),
+            Ok(ScalarValue::Date32(Some(i32::MAX)))
+        );
+        assert_eq!(
+            code(param_bin(oid::DATE, &(i32::MAX - 1).to_be_bytes())),
+            "22008"
+        );
+        assert_eq!(
+            param_bin(oid::TIMESTAMP, &1i64.to_be_bytes()),
+            Ok(ScalarValue::TimestampMicrosecond(
+                Some(946_684_800_000_001),
+                None
+            ))
+        );
+        assert_eq!(
+            param_bin(oid::TIMESTAMPTZ, &0i64.to_be_bytes()),
+            Ok(ScalarValue::TimestampMicrosecond(
+                Some(946_684_800_000_000),
+                Some(UTC_TZ.into())
+            ))
+        );
+        assert_eq!(
+            code(param_bin(oid::TIMESTAMP, &(i64::MAX - 1).to_be_bytes())),
+            "22008"
+        );
+        // Wrong lengths: short is a protocol violation, long an invalid representation.
+        assert_eq!(code(param_bin(oid::INT4, &[0, 0, 1])), "08P01");
+        assert_eq!(code(param_bin(oid::INT4, &[0; 8])), "22P03");
+        assert_eq!(code(param_bin(oid::BOOL, &[])), "08P01");
+        assert_eq!(code(param_bin(oid::NUMERIC, &[0, 1, 0, 0])), "08P01");
+        assert_eq!(
+            code(param_bin(oid::NUMERIC, &[0, 1, 0, 0, 0, 0, 0, 0])),
+            "08P01"
+        );
+        assert_eq!(
+            code(param_bin(oid::NUMERIC, &[0, 0, 0, 0, 0, 0, 0, 0, 0])),
+            "22P03"
+        );
+        assert_eq!(
+            code(param_bin(oid::NUMERIC, &[0, 0, 0, 0, 0xC0, 0, 0, 0])),
+            "0A000"
+        );
+        assert_eq!(
+            code(param_bin(oid::NUMERIC, &[0, 0, 0, 0, 0x12, 0, 0, 0])),
+            "22P03"
+        );
+        assert_eq!(
+            code(param_bin(
+                oid::NUMERIC,
+                &[0, 1, 0, 0, 0, 0, 0, 0, 0x27, 0x10]
+            )),
+            "22P03"
+        );
+        assert_eq!(
+            code(param_bin(oid::NUMERIC, &[0, 1, 0, 10, 0, 0, 0, 0, 0, 1])),
+            "22003"
+        );
+        assert_eq!(code(param_bin(oid::TEXT, &[0xC3])), "22021");
+        assert_eq!(code(param_bin(oid::JSONB, b"\x02{}")), "22P03");
+        assert_eq!(code(param_bin(2950, &[0; 16])), "42883");
+    }
+
+    #[test]
+    fn corrupt_binary_params_never_panic() {
+        let mut seed: u32 = 12345;
+        for oid in [
+            16, 17, 20, 21, 23, 25, 700, 701, 1082, 1114, 1184, 1700, 3802,
+        ] {
+            for len in 0..24 {
+                let bytes: Vec<u8> = (0..len)
+                    .map(|_| {
+                        seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12345);
+                        (seed >> 16) as u8
+                    })
+                    .collect();
+                let _ = decode_param(oid, 1, &bytes);
+                let _ = decode_param(oid, 0, &bytes);
+            }
+        }
+    }
+
+    #[test]
+    fn text_output_round_trips_through_params() {
+        let days = Date32Array::from(vec![19737, -735_160, 0, i32::MAX]);
+        for row in 0..days.len() {
+            let back = param(oid::DATE, &text(&days, row)).unwrap();
+            assert_eq!(back, ScalarValue::Date32(Some(days.value(row))));
+        }
+        let ts = TimestampMicrosecondArray::from(vec![
+            1,
+            -63_517_786_200_000_001,
+            1_705_314_600_123_450,
+        ])
+        .with_timezone("+00:00");
+        for row in 0..ts.len() {
+            let back = param(oid::TIMESTAMPTZ, &text(&ts, row)).unwrap();
+            assert_eq!(
+                back,
+                ScalarValue::TimestampMicrosecond(Some(ts.value(row)), Some(UTC_TZ.into()))
+            );
+        }
+        let _: ArrayRef = Arc::new(days);
+    }
 }

@@ -47,8 +47,9 @@ pub enum Outcome {
 
 /// What Describe reports for a statement before it runs.
 pub struct Description {
-    /// Inferred parameter types, `None` where nothing constrains them.
-    pub param_types: Vec<Option<DataType>>,
+    /// Inferred parameter types, `None` where nothing constrains them. A field rather than
+    /// a type, so that a column's PostgreSQL type (such as varchar) comes along.
+    pub param_types: Vec<Option<Field>>,
     /// The result columns, when the statement returns rows.
     pub columns: Option<(SchemaRef, Vec<String>)>,
 }
@@ -221,6 +222,63 @@ fn output_names(query: &ast::Query, schema: &Schema) -> Vec<String> {
         }
     }
     names
+}
+
+fn is_text_type(data_type: &DataType) -> bool {
+    matches!(
+        data_type,
+        DataType::Utf8 | DataType::Utf8View | DataType::LargeUtf8
+    )
+}
+
+/// Text assigned to a bytea column is PostgreSQL's bytea input, not raw bytes.
+fn bytea_from_text(column: &ColumnDef, array: &ArrayRef) -> Result<ArrayRef, SqlError> {
+    let text = cast_with_options(array, &DataType::Utf8, &cast_options())
+        .map_err(|e| value_error(column, e))?;
+    let text = text
+        .as_any()
+        .downcast_ref::<datafusion::arrow::array::StringArray>()
+        .ok_or_else(|| SqlError::internal("text array is not a StringArray"))?;
+    let mut out = datafusion::arrow::array::BinaryBuilder::new();
+    for row in 0..text.len() {
+        if text.is_null(row) {
+            out.append_null();
+        } else {
+            out.append_value(crate::pgcompat::parse_bytea(text.value(row))?);
+        }
+    }
+    Ok(Arc::new(out.finish()))
+}
+
+/// The 1-based index of a placeholder named `$n`.
+fn placeholder_index(name: &str) -> Option<usize> {
+    name.strip_prefix('$')?
+        .parse::<usize>()
+        .ok()
+        .filter(|&n| n >= 1)
+}
+
+/// The index of `expr` if it is a bare placeholder.
+fn expr_placeholder(expr: &Expr) -> Option<usize> {
+    match expr {
+        Expr::Value(value) => match &value.value {
+            ast::Value::Placeholder(name) => placeholder_index(name),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// Records parameter `idx`'s type; `overwrite` says whether it beats one already known.
+fn set_param(types: &mut Vec<Option<Field>>, idx: usize, field: Option<Field>, overwrite: bool) {
+    if types.len() < idx {
+        types.resize(idx, None);
+    }
+    if overwrite || types[idx - 1].is_none() {
+        if field.is_some() || types[idx - 1].is_none() {
+            types[idx - 1] = field;
+        }
+    }
 }
 
 fn cast_options() -> CastOptions<'static> {
@@ -442,6 +500,7 @@ impl Session {
             .statement_to_plan(df_statement)
             .await
             .map_err(from_datafusion)?;
+        let plan = crate::pgcompat::rewrite(plan).map_err(from_datafusion)?;
         Ok((ctx, plan))
     }
 
@@ -481,26 +540,21 @@ impl Session {
             param_types: Vec::new(),
             columns: None,
         };
-        let plan_types = |plan: &LogicalPlan| -> Result<Vec<Option<DataType>>, SqlError> {
-            let types = plan.get_parameter_types().map_err(from_datafusion)?;
+        let plan_types = |plan: &LogicalPlan| -> Result<Vec<Option<Field>>, SqlError> {
             let mut out = Vec::new();
-            for (name, data_type) in types {
-                let idx: usize = name.trim_start_matches('$').parse().map_err(|_| {
+            for (name, data_type) in plan.get_parameter_types().map_err(from_datafusion)? {
+                let idx = placeholder_index(&name).ok_or_else(|| {
                     SqlError::new(
                         sqlstate::SYNTAX_ERROR,
-                        format!("unsupported parameter name {name}"),
+                        format!("there is no parameter {name}"),
                     )
                 })?;
-                if idx == 0 {
-                    return Err(SqlError::new(
-                        sqlstate::SYNTAX_ERROR,
-                        "there is no parameter $0",
-                    ));
-                }
-                if out.len() < idx {
-                    out.resize(idx, None);
-                }
-                out[idx - 1] = data_type;
+                set_param(
+                    &mut out,
+                    idx,
+                    data_type.map(|t| Field::new("", t, true)),
+                    true,
+                );
             }
             Ok(out)
         };
@@ -508,36 +562,76 @@ impl Session {
             Statement::Query(query) => {
                 let (_, plan) = self.plan(stmt, None).await?;
                 description.param_types = plan_types(&plan)?;
+                // LIMIT $n and OFFSET $n are bigints, as in PostgreSQL.
+                if let Some(ast::LimitClause::LimitOffset { limit, offset, .. }) =
+                    &query.limit_clause
+                {
+                    for expr in limit.iter().chain(offset.iter().map(|o| &o.value)) {
+                        if let Some(idx) = expr_placeholder(expr) {
+                            set_param(
+                                &mut description.param_types,
+                                idx,
+                                Some(Field::new("", DataType::Int64, true)),
+                                false,
+                            );
+                        }
+                    }
+                }
                 let schema: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
                 let names = output_names(query, &schema);
                 description.columns = Some((schema, names));
             }
-            Statement::Insert(_) => {
+            Statement::Insert(insert) => {
                 let (_, plan) = self.plan(stmt, None).await?;
                 description.param_types = plan_types(&plan)?;
-            }
-            Statement::Update(update) => {
-                let (table, select, assigned) = self.update_select(update)?;
-                let (_, plan) = self.plan(&select, Some(&table.name)).await?;
-                let mut types = plan_types(&plan)?;
-                // `SET col = $n` takes the column's type.
-                for (assignment, &column) in update.assignments.iter().zip(&assigned) {
-                    if let Expr::Value(value) = &assignment.value {
-                        if let ast::Value::Placeholder(name) = &value.value {
-                            if let Ok(idx) = name.trim_start_matches('$').parse::<usize>() {
-                                if idx >= 1 {
-                                    if types.len() < idx {
-                                        types.resize(idx, None);
-                                    }
-                                    types[idx - 1].get_or_insert(
-                                        table.columns[column].column_type.arrow_type(),
+                // A bare `$n` in VALUES takes its target column's type (varchar(n) included).
+                if let (ast::TableObject::TableName(name), Some(source)) =
+                    (&insert.table, &insert.source)
+                {
+                    let table = self.lookup(name)?;
+                    let targets: Vec<usize> = if insert.columns.is_empty() {
+                        (0..table.columns.len()).collect()
+                    } else {
+                        insert
+                            .columns
+                            .iter()
+                            .filter_map(|c| c.0.last().and_then(|p| p.as_ident()).map(ident_name))
+                            .filter_map(|c| table.column_index(&c))
+                            .collect()
+                    };
+                    if let SetExpr::Values(values) = source.body.as_ref() {
+                        for row in &values.rows {
+                            for (expr, &column) in row.content.iter().zip(&targets) {
+                                if let Some(idx) = expr_placeholder(expr) {
+                                    let def = &table.columns[column];
+                                    set_param(
+                                        &mut description.param_types,
+                                        idx,
+                                        Some(def.column_type.arrow_field(&def.name, true)),
+                                        true,
                                     );
                                 }
                             }
                         }
                     }
                 }
-                description.param_types = types;
+            }
+            Statement::Update(update) => {
+                let (table, select, assigned) = self.update_select(update)?;
+                let (_, plan) = self.plan(&select, Some(&table.name)).await?;
+                description.param_types = plan_types(&plan)?;
+                // `SET col = $n` takes the column's type.
+                for (assignment, &column) in update.assignments.iter().zip(&assigned) {
+                    if let Some(idx) = expr_placeholder(&assignment.value) {
+                        let def = &table.columns[column];
+                        set_param(
+                            &mut description.param_types,
+                            idx,
+                            Some(def.column_type.arrow_field(&def.name, true)),
+                            true,
+                        );
+                    }
+                }
             }
             Statement::Delete(delete) => {
                 let (table, select) = self.delete_select(delete)?;
@@ -685,6 +779,8 @@ impl Session {
                 let target = column.column_type.arrow_type();
                 if array.data_type() == &target {
                     Ok(array.clone())
+                } else if target == DataType::Binary && is_text_type(array.data_type()) {
+                    bytea_from_text(column, array)
                 } else {
                     cast_with_options(array, &target, &cast_options())
                         .map_err(|e| value_error(column, e))

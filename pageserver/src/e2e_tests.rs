@@ -160,6 +160,7 @@ struct Pageserver {
     addr: SocketAddr,
     shutdown: oneshot::Sender<()>,
     handle: tokio::task::JoinHandle<anyhow::Result<()>>,
+    data_dir: std::path::PathBuf,
 }
 
 impl Pageserver {
@@ -167,6 +168,7 @@ impl Pageserver {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (shutdown, stop) = oneshot::channel::<()>();
+        let data_dir = config.data_dir.clone();
         let handle = tokio::spawn(crate::run_with_listener(config, listener, async move {
             let _ = stop.await;
         }));
@@ -174,12 +176,14 @@ impl Pageserver {
             addr,
             shutdown,
             handle,
+            data_dir,
         }
     }
 
     async fn stop(self) {
         self.shutdown.send(()).unwrap();
         self.handle.await.unwrap().unwrap();
+        std::fs::remove_dir_all(&self.data_dir).unwrap();
     }
 }
 

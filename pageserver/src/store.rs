@@ -165,18 +165,20 @@ impl Store {
             }
             _ => Bound::Included((table, Bytes::copy_from_slice(start))),
         };
+        // A step always makes progress, whatever the limits say.
+        let rows_max = limits.rows_max.max(1);
+        let keys_examined_max = limits.keys_examined_max.max(1);
         let mut n_bytes = 0usize;
-        let mut n_examined = 0usize;
         let mut last_done: Option<&Bytes> = None;
-        for ((row_table, key), versions) in self.rows.range((lower, Bound::Unbounded)) {
+        let range = self.rows.range((lower, Bound::Unbounded));
+        for (n_examined, ((row_table, key), versions)) in range.enumerate() {
             if *row_table != table || end.is_some_and(|end| key.as_ref() >= end) {
                 break;
             }
-            if page.rows.len() >= limits.rows_max || n_examined >= limits.keys_examined_max {
+            if page.rows.len() >= rows_max || n_examined >= keys_examined_max {
                 page.resume_after = last_done.cloned();
                 break;
             }
-            n_examined += 1;
             if let Some(value) = Store::visible(versions, lsn) {
                 let row_bytes = key.len() + value.len();
                 if !page.rows.is_empty() && n_bytes + row_bytes > limits.bytes_max {
@@ -224,7 +226,7 @@ mod tests {
         let mut after: Option<Bytes> = None;
         loop {
             let page = store.scan(table, start, end, lsn, after.as_deref(), limits);
-            assert!(page.rows.len() <= limits.rows_max);
+            assert!(page.rows.len() <= limits.rows_max.max(1));
             rows.extend(page.rows);
             match page.resume_after {
                 Some(key) => after = Some(key),
@@ -429,9 +431,9 @@ mod tests {
                         .map(|((_, key), value)| (key.clone(), value.clone()))
                         .collect();
                     let limits = ScanLimits {
-                        rows_max: 1 + rng.below(4) as usize,
+                        rows_max: rng.below(4) as usize,
                         bytes_max: rng.below(12) as usize,
-                        keys_examined_max: 1 + rng.below(4) as usize,
+                        keys_examined_max: rng.below(4) as usize,
                     };
                     for limits in [UNLIMITED, limits] {
                         let actual = scan_all(

@@ -253,8 +253,7 @@ fn bad_appends_change_nothing() {
 #[test]
 fn commit_lsn_is_capped_by_flush_and_never_goes_back() {
     let mut acceptor = acceptor();
-    let first = record(1, 10);
-    let (mut session, end) = elected_with(&mut acceptor, 1, &[first.clone()]);
+    let (mut session, end) = elected_with(&mut acceptor, 1, &[record(1, 10)]);
     // A commit LSN beyond what this acceptor has is capped at its flush LSN.
     let response = append(&mut acceptor, &mut session, 1, end, 10_000, Bytes::new());
     assert_eq!(

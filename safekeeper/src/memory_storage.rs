@@ -78,7 +78,9 @@ impl MemoryStorage {
 
     /// Flips one bit of stored WAL (to test that reads catch corruption).
     pub fn corrupt_wal_byte(&mut self, lsn: Lsn) {
-        self.wal[lsn.0 as usize] ^= 0x10;
+        if let Some(byte) = self.wal.get_mut(lsn.0 as usize) {
+            *byte ^= 0x10;
+        }
     }
 }
 

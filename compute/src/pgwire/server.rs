@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::Arc;
 
 use bytes::BytesMut;
-use datafusion::arrow::datatypes::{DataType, Field, SchemaRef};
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::scalar::ScalarValue;
 use datafusion::sql::sqlparser::ast::Statement;
@@ -55,10 +55,6 @@ struct PendingRows {
     row_idx: usize,
     sent: usize,
     tag: String,
-}
-
-fn oid_of(data_type: &DataType) -> u32 {
-    pgtypes::pg_type_for_field(&Field::new("", data_type.clone(), true)).oid
 }
 
 fn error_fields(e: &SqlError) -> ErrorFields {
@@ -379,7 +375,7 @@ impl Connection {
                     .get(i)
                     .cloned()
                     .flatten()
-                    .map_or(TEXT_OID, |t| oid_of(&t)),
+                    .map_or(TEXT_OID, |field| pgtypes::pg_type_for_field(&field).oid),
             })
             .collect()
     }
@@ -457,7 +453,7 @@ impl Connection {
                                 .get(i)
                                 .cloned()
                                 .flatten()
-                                .unwrap_or(DataType::Utf8);
+                                .map_or(DataType::Utf8, |field| field.data_type().clone());
                             ScalarValue::try_from(&data_type).map_err(SqlError::internal)?
                         }
                         Some(bytes) => pgtypes::decode_param(oids[i], format, bytes)
