@@ -11,21 +11,22 @@
 //! to PostgreSQL's 2000-01-01 epoch on the binary path. PostgreSQL's `infinity` and
 //! `-infinity` map to the extreme `i32`/`i64` values, as in PostgreSQL itself.
 
+use std::cmp::Ordering;
 use std::fmt::Write as _;
 use std::sync::Arc;
 
 use bytes::{BufMut, BytesMut};
 use datafusion::arrow::array::{Array, AsArray};
 use datafusion::arrow::datatypes::{
-    DataType, Date32Type, Date64Type, Decimal128Type, Decimal32Type, Decimal64Type, Field,
-    Float16Type, Float32Type, Float64Type, Int16Type, Int32Type, Int64Type, Int8Type, TimeUnit,
-    TimestampMicrosecondType, TimestampMillisecondType, TimestampNanosecondType,
-    TimestampSecondType, UInt16Type, UInt32Type, UInt64Type, UInt8Type,
+    DataType, Date32Type, Decimal128Type, Field, Float32Type, Float64Type, Int16Type, Int32Type,
+    Int64Type, Int8Type, TimeUnit, TimestampMicrosecondType, TimestampMillisecondType,
+    TimestampNanosecondType, TimestampSecondType, UInt16Type, UInt32Type, UInt64Type, UInt8Type,
 };
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use datafusion::scalar::ScalarValue;
 
 use crate::rowcodec::{ColumnType, PG_TYPE_METADATA_KEY, UTC_TZ};
+use sqlstate::*;
 
 /// Type OIDs from PostgreSQL's `pg_type.dat`.
 pub mod oid {
@@ -75,10 +76,8 @@ pub struct PgTypeError {
 
 impl PgTypeError {
     pub fn new(sqlstate: &'static str, message: impl Into<String>) -> Self {
-        PgTypeError {
-            sqlstate,
-            message: message.into(),
-        }
+        let message = message.into();
+        PgTypeError { sqlstate, message }
     }
     pub fn sqlstate(&self) -> &'static str {
         self.sqlstate
@@ -88,11 +87,13 @@ impl PgTypeError {
     }
 }
 
+fn err(sqlstate: &'static str, message: impl Into<String>) -> PgTypeError {
+    PgTypeError::new(sqlstate, message)
+}
+
 fn syntax(tname: &str, input: &str) -> PgTypeError {
-    PgTypeError::new(
-        sqlstate::INVALID_TEXT_REPRESENTATION,
-        format!("invalid input syntax for type {tname}: \"{input}\""),
-    )
+    let msg = format!("invalid input syntax for type {tname}: \"{input}\"");
+    err(INVALID_TEXT_REPRESENTATION, msg)
 }
 
 /// What RowDescription / ParameterDescription say about a column or parameter.
@@ -106,10 +107,11 @@ pub struct PgType {
 
 impl PgType {
     const fn of(oid: u32, typlen: i16, name: &'static str) -> PgType {
+        let typmod = -1;
         PgType {
             oid,
             typlen,
-            typmod: -1,
+            typmod,
             name,
         }
     }
@@ -165,11 +167,8 @@ pub fn pg_type_for_column(t: &ColumnType) -> PgType {
 /// agrees with the Arrow type (so `varchar(20)` stays varchar); otherwise the Arrow type
 /// decides. The mapping always matches what [`encode_binary`] writes for that Arrow type.
 pub fn pg_type_for_field(field: &Field) -> PgType {
-    if let Some(ct) = field
-        .metadata()
-        .get(PG_TYPE_METADATA_KEY)
-        .and_then(|tag| ColumnType::from_pg_tag(tag))
-    {
+    let tag = field.metadata().get(PG_TYPE_METADATA_KEY);
+    if let Some(ct) = tag.and_then(|tag| ColumnType::from_pg_tag(tag)) {
         if ct.matches_arrow(field.data_type()) {
             return pg_type_for_column(&ct);
         }
@@ -180,27 +179,25 @@ pub fn pg_type_for_field(field: &Field) -> PgType {
         DataType::UInt16 | DataType::Int32 => PgType::INT4,
         DataType::UInt32 | DataType::Int64 => PgType::INT8,
         DataType::UInt64 => PgType::NUMERIC,
-        DataType::Float16 | DataType::Float32 => PgType::FLOAT4,
+        DataType::Float32 => PgType::FLOAT4,
         DataType::Float64 => PgType::FLOAT8,
         DataType::Decimal32(p, s)
         | DataType::Decimal64(p, s)
         | DataType::Decimal128(p, s)
         | DataType::Decimal256(p, s) => PgType::NUMERIC.with_typmod(numeric_typmod(*p, *s)),
-        DataType::Date32 | DataType::Date64 => PgType::DATE,
+        DataType::Date32 => PgType::DATE,
         DataType::Timestamp(_, None) => PgType::TIMESTAMP,
         DataType::Timestamp(_, Some(_)) => PgType::TIMESTAMPTZ,
         DataType::Binary
         | DataType::LargeBinary
         | DataType::BinaryView
         | DataType::FixedSizeBinary(_) => PgType::BYTEA,
-        // Strings, NULL and everything else travel as text.
+        // Strings, NULL and everything else (rendered by Arrow) travel as text.
         _ => PgType::TEXT,
     }
 }
 
-// ---------------------------------------------------------------------------------------------
-// Calendar
-// ---------------------------------------------------------------------------------------------
+// Calendar ------------------------------------------------------------------------------------
 
 const UNIX_TO_PG_DAYS: i64 = 10_957;
 const UNIX_TO_PG_MICROS: i64 = 946_684_800_000_000;
@@ -218,8 +215,7 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
     let era = y.div_euclid(400);
     let yoe = y - era * 400;
     let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
+    era * 146_097 + yoe * 365 + yoe / 4 - yoe / 100 + doy - 719_468
 }
 
 fn civil_from_days(z: i64) -> (i64, i64, i64) {
@@ -298,20 +294,17 @@ pub fn format_timestamp(micros: i64, with_tz: bool) -> String {
     s
 }
 
-// ---------------------------------------------------------------------------------------------
-// Numbers
-// ---------------------------------------------------------------------------------------------
+// Numbers -------------------------------------------------------------------------------------
 
 /// `floor(x * 2^e2 / 10^k)`, how the remainder compares with half a unit, and whether it is
 /// zero, exactly in u128; `None` when the operands do not fit.
-fn div_pow10(x: u128, e2: i32, k: i32) -> Option<(u128, std::cmp::Ordering, bool)> {
+fn div_pow10(x: u128, e2: i32, k: i32) -> Option<(u128, Ordering, bool)> {
     let pow2 = |n: i32| 1u128.checked_shl(n as u32).filter(|_| n < 127);
+    let pow10 = |n: i32| 10u128.checked_pow(n as u32);
     let num = x
         .checked_mul(pow2(e2.max(0))?)?
-        .checked_mul(10u128.checked_pow((-k).max(0) as u32)?)?;
-    let den = 10u128
-        .checked_pow(k.max(0) as u32)?
-        .checked_mul(pow2((-e2).max(0))?)?;
+        .checked_mul(pow10((-k).max(0))?)?;
+    let den = pow10(k.max(0))?.checked_mul(pow2((-e2).max(0))?)?;
     let rem = num % den;
     Some((num / den, rem.checked_mul(2)?.cmp(&den), rem == 0))
 }
@@ -342,11 +335,7 @@ fn shortest_digits(mant: u64, exp2: i32, narrow_below: bool, sci: &str) -> (Stri
         };
         // Is the smallest multiple of 10^k above the lower bound also below the upper one?
         if vm + 1 < hi || (vm + 1 == hi && !hi_exact) {
-            let round_up = match half {
-                std::cmp::Ordering::Greater => true,
-                std::cmp::Ordering::Equal => vr % 2 == 1,
-                std::cmp::Ordering::Less => false,
-            };
+            let round_up = half == Ordering::Greater || (half == Ordering::Equal && vr % 2 == 1);
             let out = (vr + u128::from(vr == vm || round_up)).to_string();
             let first_exp = k + out.len() as i32 - 1;
             return (out.trim_end_matches('0').to_string(), first_exp);
@@ -355,83 +344,67 @@ fn shortest_digits(mant: u64, exp2: i32, narrow_below: bool, sci: &str) -> (Stri
     (rust_digits, rust_exp)
 }
 
-/// PostgreSQL's layout of shortest digits: fixed notation for decimal exponents in
-/// `-4..max_fixed_exp`, otherwise `d.ddde+XX` with at least two exponent digits.
-fn layout_float(neg: bool, digits: &str, exp: i32, max_fixed_exp: i32) -> String {
+/// `float8out`/`float4out` with extra_float_digits = 1: Ryu digits, fixed notation for
+/// decimal exponents in `-4..max_fixed_exp` (15 / 6), else `d.ddde+XX`.
+fn format_float(v: f64, mant: u64, exp2: i32, narrow: bool, sci: &str, max_fixed: i32) -> String {
+    if v.is_nan() {
+        return "NaN".into();
+    }
+    let neg = v.is_sign_negative();
+    if v.is_infinite() || v == 0.0 {
+        let s = if v == 0.0 { "0" } else { "Infinity" };
+        return if neg { format!("-{s}") } else { s.into() };
+    }
+    let (digits, exp) = shortest_digits(mant, exp2, narrow, sci);
     let n = digits.len() as i32;
     let mut s = String::with_capacity(26);
     if neg {
         s.push('-');
     }
-    if (-4..max_fixed_exp).contains(&exp) {
+    if (-4..max_fixed).contains(&exp) {
         if exp < 0 {
             s.push_str("0.");
             s.extend(std::iter::repeat_n('0', (-exp - 1) as usize));
-            s.push_str(digits);
+            s.push_str(&digits);
         } else if exp + 1 >= n {
-            s.push_str(digits);
+            s.push_str(&digits);
             s.extend(std::iter::repeat_n('0', (exp + 1 - n) as usize));
         } else {
             let (int, frac) = digits.split_at(exp as usize + 1);
-            s.push_str(int);
-            s.push('.');
-            s.push_str(frac);
+            let _ = write!(s, "{int}.{frac}");
         }
     } else {
-        s.push_str(&digits[..1]);
-        if n > 1 {
-            s.push('.');
-            s.push_str(&digits[1..]);
-        }
-        let _ = write!(s, "e{}{:02}", if exp < 0 { '-' } else { '+' }, exp.abs());
+        let (first, rest) = digits.split_at(1);
+        let sign = if exp < 0 { '-' } else { '+' };
+        let point = if rest.is_empty() { "" } else { "." };
+        let _ = write!(s, "{first}{point}{rest}e{sign}{:02}", exp.abs());
     }
     s
 }
 
-fn special_float(nan: bool, inf: bool, zero: bool, neg: bool) -> Option<String> {
-    Some(match (nan, inf, zero, neg) {
-        (true, ..) => "NaN".into(),
-        (_, true, _, false) => "Infinity".into(),
-        (_, true, _, true) => "-Infinity".into(),
-        (_, _, true, neg) => if neg { "-0" } else { "0" }.into(),
-        _ => return None,
-    })
-}
-
-/// `float8out` with extra_float_digits = 1 (PostgreSQL >= 12 default).
+/// `float8out` with extra_float_digits = 1 (the PostgreSQL >= 12 default).
 pub fn format_float8(v: f64) -> String {
-    let neg = v.is_sign_negative();
-    if let Some(s) = special_float(v.is_nan(), v.is_infinite(), v == 0.0, neg) {
-        return s;
-    }
     let bits = v.to_bits();
     let (biased, fraction) = ((bits >> 52) & 0x7ff, bits & ((1 << 52) - 1));
-    let (mant, exp2) = if biased == 0 {
-        (fraction, -1074)
-    } else {
-        (fraction | (1 << 52), biased as i32 - 1075)
+    let (mant, exp2) = match biased {
+        0 => (fraction, -1074),
+        _ => (fraction | (1 << 52), biased as i32 - 1075),
     };
     let narrow = fraction == 0 && biased > 1;
-    let (digits, exp) = shortest_digits(mant, exp2, narrow, &format!("{:e}", v.abs()));
-    layout_float(neg, &digits, exp, 15)
+    format_float(v, mant, exp2, narrow, &format!("{:e}", v.abs()), 15)
 }
 
 /// `float4out` with extra_float_digits = 1.
 pub fn format_float4(v: f32) -> String {
-    let neg = v.is_sign_negative();
-    if let Some(s) = special_float(v.is_nan(), v.is_infinite(), v == 0.0, neg) {
-        return s;
-    }
     let bits = v.to_bits();
     let (biased, fraction) = ((bits >> 23) & 0xff, bits & ((1 << 23) - 1));
-    let (mant, exp2) = if biased == 0 {
-        (fraction, -149)
-    } else {
-        (fraction | (1 << 23), biased as i32 - 150)
+    let (mant, exp2) = match biased {
+        0 => (fraction, -149),
+        _ => (fraction | (1 << 23), biased as i32 - 150),
     };
     let narrow = fraction == 0 && biased > 1;
-    let (digits, exp) = shortest_digits(mant.into(), exp2, narrow, &format!("{:e}", v.abs()));
-    layout_float(neg, &digits, exp, 6)
+    let sci = format!("{:e}", v.abs());
+    format_float(v.into(), mant.into(), exp2, narrow, &sci, 6)
 }
 
 /// A scaled integer as PostgreSQL prints numeric: exactly `scale` fraction digits.
@@ -455,8 +428,8 @@ pub fn format_decimal(v: i128, scale: i8) -> String {
 }
 
 /// `numeric_send` of a decimal string such as "-12.50" or "12000": ndigits, weight, sign,
-/// dscale, then base-10000 digits, leading and trailing zero digits stripped as PostgreSQL
-/// stores them.
+/// dscale, then base-10000 digits, with leading and trailing zero digits stripped as
+/// PostgreSQL stores them.
 fn put_numeric_binary(text: &str, out: &mut BytesMut) {
     let (neg, body) = match text.strip_prefix('-') {
         Some(rest) => (true, rest),
@@ -464,49 +437,40 @@ fn put_numeric_binary(text: &str, out: &mut BytesMut) {
     };
     let (int, frac) = body.split_once('.').unwrap_or((body, ""));
     let int = int.trim_start_matches('0');
-    let group = |chunk: &[u8]| {
-        chunk
-            .iter()
-            .fold(0i16, |acc, d| acc * 10 + i16::from(d.wrapping_sub(b'0')))
-    };
-    let mut groups: Vec<i16> = Vec::with_capacity((int.len() + frac.len()) / 4 + 2);
+    // Pad the integer part on the left and the fraction on the right to whole groups of 4.
     let lead = (4 - int.len() % 4) % 4;
-    let int_padded: Vec<u8> = std::iter::repeat_n(b'0', lead).chain(int.bytes()).collect();
-    groups.extend(int_padded.chunks(4).map(group));
-    let mut weight = groups.len() as i32 - 1;
-    let mut frac_padded = frac.as_bytes().to_vec();
-    frac_padded.resize(frac.len().div_ceil(4) * 4, b'0');
-    groups.extend(frac_padded.chunks(4).map(group));
+    let trail = (4 - frac.len() % 4) % 4;
+    let padded: Vec<u8> = std::iter::repeat_n(b'0', lead)
+        .chain(int.bytes().chain(frac.bytes()))
+        .chain(std::iter::repeat_n(b'0', trail))
+        .collect();
+    let group = |c: &[u8]| {
+        c.iter()
+            .fold(0i16, |a, d| a * 10 + i16::from(d.wrapping_sub(b'0')))
+    };
+    let groups: Vec<i16> = padded.chunks(4).map(group).collect();
     let first = groups.iter().position(|g| *g != 0).unwrap_or(groups.len());
-    weight -= first as i32;
     let last = groups
         .iter()
         .rposition(|g| *g != 0)
         .map_or(first, |i| i + 1);
-    let digits = &groups[first..last.max(first)];
-    let (weight, sign) = if digits.is_empty() {
-        (0, 0x0000)
-    } else {
-        (weight, if neg { 0x4000 } else { 0x0000 })
+    let digits = &groups[first..last];
+    let weight = ((int.len() + lead) / 4) as i32 - 1 - first as i32;
+    let (weight, sign) = match (digits.is_empty(), neg) {
+        (true, _) => (0, 0),
+        (false, neg) => (weight, if neg { 0x4000 } else { 0 }),
     };
     out.put_i16(digits.len() as i16);
     out.put_i16(weight as i16);
     out.put_u16(sign);
     out.put_u16(frac.len() as u16);
-    for d in digits {
-        out.put_i16(*d);
-    }
+    digits.iter().for_each(|d| out.put_i16(*d));
 }
 
-// ---------------------------------------------------------------------------------------------
-// Output
-// ---------------------------------------------------------------------------------------------
+// Output --------------------------------------------------------------------------------------
 
 fn out_of_range(what: &str) -> PgTypeError {
-    PgTypeError::new(
-        sqlstate::DATETIME_FIELD_OVERFLOW,
-        format!("{what} out of range"),
-    )
+    err(DATETIME_FIELD_OVERFLOW, format!("{what} out of range"))
 }
 
 /// A timestamp cell in microseconds; the extreme values of any unit stay the infinities.
@@ -518,57 +482,32 @@ fn timestamp_micros(array: &dyn Array, unit: &TimeUnit, row: usize) -> Result<i6
         ),
         TimeUnit::Millisecond => (
             array.as_primitive::<TimestampMillisecondType>().value(row),
-            1_000,
+            1000,
         ),
         TimeUnit::Microsecond => (
             array.as_primitive::<TimestampMicrosecondType>().value(row),
             1,
         ),
-        TimeUnit::Nanosecond => {
-            let v = array.as_primitive::<TimestampNanosecondType>().value(row);
-            return Ok(if v == i64::MAX || v == i64::MIN {
-                v
-            } else {
-                v.div_euclid(1000)
-            });
-        }
+        TimeUnit::Nanosecond => (
+            array.as_primitive::<TimestampNanosecondType>().value(row),
+            0,
+        ),
     };
-    if v == i64::MAX || v == i64::MIN {
-        return Ok(v);
-    }
-    v.checked_mul(factor)
-        .filter(|m| *m != i64::MAX && *m != i64::MIN)
-        .ok_or_else(|| out_of_range("timestamp"))
-}
-
-fn date_days(array: &dyn Array, row: usize) -> i64 {
-    match array.data_type() {
-        DataType::Date64 => array
-            .as_primitive::<Date64Type>()
-            .value(row)
-            .div_euclid(86_400_000),
-        _ => array.as_primitive::<Date32Type>().value(row).into(),
+    match (v, factor) {
+        (i64::MAX | i64::MIN, _) => Ok(v),
+        (_, 0) => Ok(v.div_euclid(1000)),
+        _ => v
+            .checked_mul(factor)
+            .filter(|m| *m != i64::MAX && *m != i64::MIN)
+            .ok_or_else(|| out_of_range("timestamp")),
     }
 }
 
-/// Cells whose Arrow type has no PostgreSQL counterpart: Arrow's own rendering, sent as text.
-fn fallback_text(array: &dyn Array, row: usize) -> Result<String, PgTypeError> {
-    let fmt = ArrayFormatter::try_new(array, &FormatOptions::default())
-        .map_err(|e| PgTypeError::new(sqlstate::INTERNAL_ERROR, e.to_string()))?;
-    Ok(fmt.value(row).to_string())
-}
-
-fn check_row(array: &dyn Array, row: usize) -> Result<(), PgTypeError> {
-    if row >= array.len() {
-        return Err(PgTypeError::new(
-            sqlstate::INTERNAL_ERROR,
-            format!(
-                "row {row} out of bounds for array of length {}",
-                array.len()
-            ),
-        ));
+fn check_row(array: &dyn Array, row: usize) -> Result<&dyn Array, PgTypeError> {
+    match row < array.len() {
+        true => Ok(array),
+        false => Err(err(INTERNAL_ERROR, format!("row {row} out of bounds"))),
     }
-    Ok(())
 }
 
 fn put_hex(bytes: &[u8], out: &mut BytesMut) -> std::fmt::Result {
@@ -576,75 +515,53 @@ fn put_hex(bytes: &[u8], out: &mut BytesMut) -> std::fmt::Result {
     out.reserve(2 + 2 * bytes.len());
     out.put_slice(b"\\x");
     for b in bytes {
-        out.put_u8(HEX[usize::from(b >> 4)]);
-        out.put_u8(HEX[usize::from(b & 15)]);
+        out.put_slice(&[HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]]);
     }
     Ok(())
 }
 
 /// Appends the PostgreSQL text output of a non-NULL cell.
 pub fn encode_text(array: &dyn Array, row: usize, out: &mut BytesMut) -> Result<(), PgTypeError> {
-    check_row(array, row)?;
+    let a = check_row(array, row)?;
     // fmt::Write on BytesMut cannot fail.
-    let _ = match array.data_type() {
-        DataType::Boolean => write!(
-            out,
-            "{}",
-            if array.as_boolean().value(row) {
-                't'
-            } else {
-                'f'
-            }
-        ),
-        DataType::Int8 => write!(out, "{}", array.as_primitive::<Int8Type>().value(row)),
-        DataType::Int16 => write!(out, "{}", array.as_primitive::<Int16Type>().value(row)),
-        DataType::Int32 => write!(out, "{}", array.as_primitive::<Int32Type>().value(row)),
-        DataType::Int64 => write!(out, "{}", array.as_primitive::<Int64Type>().value(row)),
-        DataType::UInt8 => write!(out, "{}", array.as_primitive::<UInt8Type>().value(row)),
-        DataType::UInt16 => write!(out, "{}", array.as_primitive::<UInt16Type>().value(row)),
-        DataType::UInt32 => write!(out, "{}", array.as_primitive::<UInt32Type>().value(row)),
-        DataType::UInt64 => write!(out, "{}", array.as_primitive::<UInt64Type>().value(row)),
-        DataType::Float16 => {
-            let v = array.as_primitive::<Float16Type>().value(row).to_f32();
-            out.write_str(&format_float4(v))
+    let _ = match a.data_type() {
+        DataType::Boolean => out.write_str(if a.as_boolean().value(row) { "t" } else { "f" }),
+        DataType::Int8 => write!(out, "{}", a.as_primitive::<Int8Type>().value(row)),
+        DataType::Int16 => write!(out, "{}", a.as_primitive::<Int16Type>().value(row)),
+        DataType::Int32 => write!(out, "{}", a.as_primitive::<Int32Type>().value(row)),
+        DataType::Int64 => write!(out, "{}", a.as_primitive::<Int64Type>().value(row)),
+        DataType::UInt8 => write!(out, "{}", a.as_primitive::<UInt8Type>().value(row)),
+        DataType::UInt16 => write!(out, "{}", a.as_primitive::<UInt16Type>().value(row)),
+        DataType::UInt32 => write!(out, "{}", a.as_primitive::<UInt32Type>().value(row)),
+        DataType::UInt64 => write!(out, "{}", a.as_primitive::<UInt64Type>().value(row)),
+        DataType::Float32 => {
+            out.write_str(&format_float4(a.as_primitive::<Float32Type>().value(row)))
         }
-        DataType::Float32 => out.write_str(&format_float4(
-            array.as_primitive::<Float32Type>().value(row),
+        DataType::Float64 => {
+            out.write_str(&format_float8(a.as_primitive::<Float64Type>().value(row)))
+        }
+        DataType::Utf8 => out.write_str(a.as_string::<i32>().value(row)),
+        DataType::LargeUtf8 => out.write_str(a.as_string::<i64>().value(row)),
+        DataType::Utf8View => out.write_str(a.as_string_view().value(row)),
+        DataType::Binary => put_hex(a.as_binary::<i32>().value(row), out),
+        DataType::LargeBinary => put_hex(a.as_binary::<i64>().value(row), out),
+        DataType::BinaryView => put_hex(a.as_binary_view().value(row), out),
+        DataType::FixedSizeBinary(_) => put_hex(a.as_fixed_size_binary().value(row), out),
+        DataType::Decimal128(_, s) => out.write_str(&format_decimal(
+            a.as_primitive::<Decimal128Type>().value(row),
+            *s,
         )),
-        DataType::Float64 => out.write_str(&format_float8(
-            array.as_primitive::<Float64Type>().value(row),
-        )),
-        DataType::Utf8 => out.write_str(array.as_string::<i32>().value(row)),
-        DataType::LargeUtf8 => out.write_str(array.as_string::<i64>().value(row)),
-        DataType::Utf8View => out.write_str(array.as_string_view().value(row)),
-        DataType::Binary => put_hex(array.as_binary::<i32>().value(row), out),
-        DataType::LargeBinary => put_hex(array.as_binary::<i64>().value(row), out),
-        DataType::BinaryView => put_hex(array.as_binary_view().value(row), out),
-        DataType::FixedSizeBinary(_) => put_hex(array.as_fixed_size_binary().value(row), out),
-        DataType::Decimal32(_, s) => {
-            let v = array.as_primitive::<Decimal32Type>().value(row);
-            out.write_str(&format_decimal(v.into(), *s))
-        }
-        DataType::Decimal64(_, s) => {
-            let v = array.as_primitive::<Decimal64Type>().value(row);
-            out.write_str(&format_decimal(v.into(), *s))
-        }
-        DataType::Decimal128(_, s) => {
-            let v = array.as_primitive::<Decimal128Type>().value(row);
-            out.write_str(&format_decimal(v, *s))
-        }
-        DataType::Date32 => {
-            out.write_str(&format_date(array.as_primitive::<Date32Type>().value(row)))
-        }
-        DataType::Date64 => {
-            let days = i32::try_from(date_days(array, row)).map_err(|_| out_of_range("date"))?;
-            out.write_str(&format_date(days))
-        }
+        DataType::Date32 => out.write_str(&format_date(a.as_primitive::<Date32Type>().value(row))),
         DataType::Timestamp(unit, tz) => {
-            let micros = timestamp_micros(array, unit, row)?;
+            let micros = timestamp_micros(a, unit, row)?;
             out.write_str(&format_timestamp(micros, tz.is_some()))
         }
-        _ => out.write_str(&fallback_text(array, row)?),
+        // No PostgreSQL counterpart (or a rare decimal width): Arrow's own rendering.
+        _ => {
+            let fmt = ArrayFormatter::try_new(a, &FormatOptions::default())
+                .map_err(|e| err(INTERNAL_ERROR, e.to_string()))?;
+            write!(out, "{}", fmt.value(row))
+        }
     };
     Ok(())
 }
@@ -652,69 +569,62 @@ pub fn encode_text(array: &dyn Array, row: usize, out: &mut BytesMut) -> Result<
 /// Appends the PostgreSQL binary (`*send`) form of a non-NULL cell, for the type
 /// [`pg_type_for_field`] announces for the array's Arrow type.
 pub fn encode_binary(array: &dyn Array, row: usize, out: &mut BytesMut) -> Result<(), PgTypeError> {
-    check_row(array, row)?;
-    match array.data_type() {
-        DataType::Boolean => out.put_u8(u8::from(array.as_boolean().value(row))),
-        DataType::Int8 => out.put_i16(array.as_primitive::<Int8Type>().value(row).into()),
-        DataType::UInt8 => out.put_i16(array.as_primitive::<UInt8Type>().value(row).into()),
-        DataType::Int16 => out.put_i16(array.as_primitive::<Int16Type>().value(row)),
-        DataType::UInt16 => out.put_i32(array.as_primitive::<UInt16Type>().value(row).into()),
-        DataType::Int32 => out.put_i32(array.as_primitive::<Int32Type>().value(row)),
-        DataType::UInt32 => out.put_i64(array.as_primitive::<UInt32Type>().value(row).into()),
-        DataType::Int64 => out.put_i64(array.as_primitive::<Int64Type>().value(row)),
-        DataType::UInt64 => put_numeric_binary(
-            &array.as_primitive::<UInt64Type>().value(row).to_string(),
-            out,
-        ),
-        DataType::Float16 => out.put_f32(array.as_primitive::<Float16Type>().value(row).to_f32()),
-        DataType::Float32 => out.put_f32(array.as_primitive::<Float32Type>().value(row)),
-        DataType::Float64 => out.put_f64(array.as_primitive::<Float64Type>().value(row)),
-        DataType::Binary => out.put_slice(array.as_binary::<i32>().value(row)),
-        DataType::LargeBinary => out.put_slice(array.as_binary::<i64>().value(row)),
-        DataType::BinaryView => out.put_slice(array.as_binary_view().value(row)),
-        DataType::FixedSizeBinary(_) => out.put_slice(array.as_fixed_size_binary().value(row)),
-        DataType::Decimal32(..)
+    let a = check_row(array, row)?;
+    match a.data_type() {
+        DataType::Boolean => out.put_u8(u8::from(a.as_boolean().value(row))),
+        DataType::Int8 => out.put_i16(a.as_primitive::<Int8Type>().value(row).into()),
+        DataType::UInt8 => out.put_i16(a.as_primitive::<UInt8Type>().value(row).into()),
+        DataType::Int16 => out.put_i16(a.as_primitive::<Int16Type>().value(row)),
+        DataType::UInt16 => out.put_i32(a.as_primitive::<UInt16Type>().value(row).into()),
+        DataType::Int32 => out.put_i32(a.as_primitive::<Int32Type>().value(row)),
+        DataType::UInt32 => out.put_i64(a.as_primitive::<UInt32Type>().value(row).into()),
+        DataType::Int64 => out.put_i64(a.as_primitive::<Int64Type>().value(row)),
+        DataType::Float32 => out.put_f32(a.as_primitive::<Float32Type>().value(row)),
+        DataType::Float64 => out.put_f64(a.as_primitive::<Float64Type>().value(row)),
+        DataType::Binary => out.put_slice(a.as_binary::<i32>().value(row)),
+        DataType::LargeBinary => out.put_slice(a.as_binary::<i64>().value(row)),
+        DataType::BinaryView => out.put_slice(a.as_binary_view().value(row)),
+        DataType::FixedSizeBinary(_) => out.put_slice(a.as_fixed_size_binary().value(row)),
+        DataType::UInt64
+        | DataType::Decimal32(..)
         | DataType::Decimal64(..)
         | DataType::Decimal128(..)
         | DataType::Decimal256(..) => {
             let mut text = BytesMut::new();
-            encode_text(array, row, &mut text)?;
-            let text = std::str::from_utf8(&text)
-                .map_err(|e| PgTypeError::new(sqlstate::INTERNAL_ERROR, e.to_string()))?;
+            encode_text(a, row, &mut text)?;
+            let text =
+                std::str::from_utf8(&text).map_err(|e| err(INTERNAL_ERROR, e.to_string()))?;
             put_numeric_binary(text, out);
         }
-        DataType::Date32 | DataType::Date64 => {
-            let days = date_days(array, row);
-            let pg = match days {
-                d if d == i64::from(i32::MAX) || d == i64::from(i32::MIN) => d,
-                d => d - UNIX_TO_PG_DAYS,
+        DataType::Date32 => {
+            let pg = match a.as_primitive::<Date32Type>().value(row) {
+                d @ (i32::MAX | i32::MIN) => Some(d),
+                d => i32::try_from(i64::from(d) - UNIX_TO_PG_DAYS).ok(),
             };
-            out.put_i32(i32::try_from(pg).map_err(|_| out_of_range("date"))?);
+            out.put_i32(pg.ok_or_else(|| out_of_range("date"))?);
         }
         DataType::Timestamp(unit, _) => {
-            let pg = match timestamp_micros(array, unit, row)? {
+            let pg = match timestamp_micros(a, unit, row)? {
                 v @ (i64::MAX | i64::MIN) => Some(v),
                 v => v.checked_sub(UNIX_TO_PG_MICROS),
             };
             out.put_i64(pg.ok_or_else(|| out_of_range("timestamp"))?);
         }
-        // Text and everything announced as text: its text output is its binary form.
-        _ => encode_text(array, row, out)?,
+        // Text and everything announced as text: the text output is the binary form.
+        _ => encode_text(a, row, out)?,
     }
     Ok(())
 }
 
-// ---------------------------------------------------------------------------------------------
-// Parameters
-// ---------------------------------------------------------------------------------------------
+// Parameters ----------------------------------------------------------------------------------
 
 /// Decodes one Bind parameter: `format` 0 is text, 1 is binary.
 pub fn decode_param(type_oid: u32, format: i16, bytes: &[u8]) -> Result<ScalarValue, PgTypeError> {
     match format {
         0 => decode_text_param(type_oid, bytes),
         1 => decode_binary_param(type_oid, bytes),
-        f => Err(PgTypeError::new(
-            sqlstate::INVALID_PARAMETER_VALUE,
+        f => Err(err(
+            INVALID_PARAMETER_VALUE,
             format!("unsupported format code: {f}"),
         )),
     }
@@ -722,17 +632,15 @@ pub fn decode_param(type_oid: u32, format: i16, bytes: &[u8]) -> Result<ScalarVa
 
 fn utf8(bytes: &[u8]) -> Result<&str, PgTypeError> {
     let bad = |b: u8| {
-        PgTypeError::new(
-            sqlstate::CHARACTER_NOT_IN_REPERTOIRE,
-            format!("invalid byte sequence for encoding \"UTF8\": 0x{b:02x}"),
-        )
+        let msg = format!("invalid byte sequence for encoding \"UTF8\": 0x{b:02x}");
+        err(CHARACTER_NOT_IN_REPERTOIRE, msg)
     };
     let s = std::str::from_utf8(bytes).map_err(|e| bad(bytes[e.valid_up_to()]))?;
     // PostgreSQL text cannot contain NUL.
-    if s.contains('\0') {
-        return Err(bad(0));
+    match s.contains('\0') {
+        true => Err(bad(0)),
+        false => Ok(s),
     }
-    Ok(s)
 }
 
 /// PostgreSQL's `isspace` set (includes vertical tab, which `char::is_ascii_whitespace` lacks).
@@ -742,34 +650,27 @@ fn trim_pg(s: &str) -> &str {
 
 fn decode_text_param(type_oid: u32, bytes: &[u8]) -> Result<ScalarValue, PgTypeError> {
     let s = utf8(bytes)?;
+    let int = |tname, min: i64, max: i64| parse_int(s, tname, min.into(), max.into());
+    let tz = Some(Arc::from(UTC_TZ));
     Ok(match type_oid {
         oid::BOOL => ScalarValue::Boolean(Some(parse_bool(s)?)),
-        oid::INT2 => {
-            ScalarValue::Int16(Some(
-                parse_int(s, "smallint", i16::MIN.into(), i16::MAX.into())? as i16,
-            ))
-        }
-        oid::INT4 => {
-            ScalarValue::Int32(Some(
-                parse_int(s, "integer", i32::MIN.into(), i32::MAX.into())? as i32,
-            ))
-        }
-        oid::INT8 => {
-            ScalarValue::Int64(Some(
-                parse_int(s, "bigint", i64::MIN.into(), i64::MAX.into())? as i64,
-            ))
-        }
+        oid::INT2 => ScalarValue::Int16(Some(
+            int("smallint", i16::MIN.into(), i16::MAX.into())? as i16
+        )),
+        oid::INT4 => ScalarValue::Int32(Some(
+            int("integer", i32::MIN.into(), i32::MAX.into())? as i32
+        )),
+        oid::INT8 => ScalarValue::Int64(Some(int("bigint", i64::MIN, i64::MAX)? as i64)),
         oid::FLOAT4 => ScalarValue::Float32(Some(parse_float(s, "real")? as f32)),
         oid::FLOAT8 => ScalarValue::Float64(Some(parse_float(s, "double precision")?)),
         oid::NUMERIC => parse_numeric(s)?,
         oid::DATE => ScalarValue::Date32(Some(parse_datetime(s, Kind::Date)? as i32)),
         oid::TIMESTAMP => {
-            ScalarValue::TimestampMicrosecond(Some(parse_datetime(s, Kind::Timestamp)?), None)
+            ScalarValue::TimestampMicrosecond(Some(parse_datetime(s, Kind::Ts)?), None)
         }
-        oid::TIMESTAMPTZ => ScalarValue::TimestampMicrosecond(
-            Some(parse_datetime(s, Kind::TimestampTz)?),
-            Some(Arc::from(UTC_TZ)),
-        ),
+        oid::TIMESTAMPTZ => {
+            ScalarValue::TimestampMicrosecond(Some(parse_datetime(s, Kind::TsTz)?), tz)
+        }
         oid::BYTEA => ScalarValue::Binary(Some(parse_bytea(s)?)),
         _ => ScalarValue::Utf8(Some(s.to_string())),
     })
@@ -792,19 +693,13 @@ fn parse_bool(s: &str) -> Result<bool, PgTypeError> {
 /// whitespace.
 fn parse_int(s: &str, tname: &str, min: i128, max: i128) -> Result<i128, PgTypeError> {
     let t = trim_pg(s);
-    let (neg, digits) = match t.as_bytes().first() {
-        Some(b'-') => (true, &t[1..]),
-        Some(b'+') => (false, &t[1..]),
-        _ => (false, t),
-    };
+    let digits = t.strip_prefix(['+', '-']).unwrap_or(t);
     if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return Err(syntax(tname, s));
     }
     let range = || {
-        PgTypeError::new(
-            sqlstate::NUMERIC_VALUE_OUT_OF_RANGE,
-            format!("value \"{s}\" is out of range for type {tname}"),
-        )
+        let msg = format!("value \"{s}\" is out of range for type {tname}");
+        err(NUMERIC_VALUE_OUT_OF_RANGE, msg)
     };
     let mut v: i128 = 0;
     for b in digits.bytes() {
@@ -813,53 +708,40 @@ fn parse_int(s: &str, tname: &str, min: i128, max: i128) -> Result<i128, PgTypeE
             return Err(range());
         }
     }
-    let v = if neg { -v } else { v };
-    if v < min || v > max {
-        return Err(range());
-    }
-    Ok(v)
+    let v = if t.starts_with('-') { -v } else { v };
+    (min..=max).contains(&v).then_some(v).ok_or_else(range)
 }
 
 /// Checks `[+-]? (digits [. digits*] | . digits) ([eE] [+-]? digits)?`; returns the mantissa
 /// digits (without point), the count of fraction digits and the exponent.
 fn scan_decimal(t: &str) -> Option<(String, usize, i64)> {
-    let b = t.as_bytes();
-    let mut i = usize::from(matches!(b.first(), Some(b'+' | b'-')));
-    let mut digits = String::new();
-    let mut frac = 0usize;
-    let mut seen_point = false;
-    while let Some(&c) = b.get(i) {
-        if c.is_ascii_digit() {
-            digits.push(char::from(c));
-            frac += usize::from(seen_point);
-        } else if c == b'.' && !seen_point {
-            seen_point = true;
-        } else {
-            break;
-        }
-        i += 1;
-    }
-    if digits.is_empty() {
+    let body = t.strip_prefix(['+', '-']).unwrap_or(t);
+    let (mantissa, exp) = match body.find(['e', 'E']) {
+        Some(i) => (&body[..i], Some(&body[i + 1..])),
+        None => (body, None),
+    };
+    let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    let all_digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+    if int.len() + frac.len() == 0 || !all_digits(int) || !all_digits(frac) {
         return None;
     }
-    let mut exp = 0i64;
-    if matches!(b.get(i), Some(b'e' | b'E')) {
-        let rest = &t[i + 1..];
-        let unsigned = rest.strip_prefix(['+', '-']).unwrap_or(rest);
-        if unsigned.is_empty() || !unsigned.bytes().all(|c| c.is_ascii_digit()) {
-            return None;
+    let exp = match exp {
+        None => 0,
+        Some(e) => {
+            let unsigned = e.strip_prefix(['+', '-']).unwrap_or(e);
+            if unsigned.is_empty() || !all_digits(unsigned) {
+                return None;
+            }
+            // Clamp absurd exponents; they end in a range error either way.
+            let v = unsigned.parse::<i64>().unwrap_or(1_000_000).min(1_000_000);
+            if e.starts_with('-') {
+                -v
+            } else {
+                v
+            }
         }
-        // Clamp absurd exponents; they end in a range error either way.
-        exp = unsigned
-            .parse::<i64>()
-            .unwrap_or(i64::MAX / 2)
-            .min(1_000_000);
-        if rest.starts_with('-') {
-            exp = -exp;
-        }
-        i = t.len();
-    }
-    (i == t.len()).then_some((digits, frac, exp))
+    };
+    Some((format!("{int}{frac}"), frac.len(), exp))
 }
 
 /// `float4in`/`float8in`: NaN and Infinity spellings, decimal notation, range errors for
@@ -873,20 +755,14 @@ fn parse_float(s: &str, tname: &str) -> Result<f64, PgTypeError> {
         _ => {}
     }
     let (digits, _, _) = scan_decimal(t).ok_or_else(|| syntax(tname, s))?;
-    let range = || {
-        PgTypeError::new(
-            sqlstate::NUMERIC_VALUE_OUT_OF_RANGE,
-            format!("\"{t}\" is out of range for type {tname}"),
-        )
+    let v = match tname {
+        "real" => t.parse::<f32>().map(f64::from),
+        _ => t.parse::<f64>(),
     };
-    let nonzero = digits.bytes().any(|c| c != b'0');
-    let v = if tname == "real" {
-        f64::from(t.parse::<f32>().map_err(|_| syntax(tname, s))?)
-    } else {
-        t.parse::<f64>().map_err(|_| syntax(tname, s))?
-    };
-    if v.is_infinite() || (v == 0.0 && nonzero) {
-        return Err(range());
+    let v = v.map_err(|_| syntax(tname, s))?;
+    if v.is_infinite() || (v == 0.0 && digits.bytes().any(|c| c != b'0')) {
+        let msg = format!("\"{t}\" is out of range for type {tname}");
+        return Err(err(NUMERIC_VALUE_OUT_OF_RANGE, msg));
     }
     Ok(v)
 }
@@ -900,60 +776,71 @@ fn parse_numeric(s: &str) -> Result<ScalarValue, PgTypeError> {
         lower.trim_start_matches(['+', '-']),
         "nan" | "infinity" | "inf"
     ) {
-        return Err(PgTypeError::new(
-            sqlstate::FEATURE_NOT_SUPPORTED,
-            format!("numeric value \"{t}\" is not supported"),
-        ));
+        let msg = format!("numeric value \"{t}\" is not supported");
+        return Err(err(FEATURE_NOT_SUPPORTED, msg));
     }
     let (digits, frac, exp) = scan_decimal(t).ok_or_else(|| syntax("numeric", s))?;
     let overflow = || {
-        PgTypeError::new(
-            sqlstate::NUMERIC_VALUE_OUT_OF_RANGE,
-            format!("numeric value \"{t}\" is out of range: at most 38 digits are supported"),
-        )
+        let msg = format!("numeric value \"{t}\" is out of range: at most 38 digits are supported");
+        err(NUMERIC_VALUE_OUT_OF_RANGE, msg)
     };
     let mut scale = frac as i64 - exp;
     let mut significant = digits.trim_start_matches('0').to_string();
     if scale < 0 {
-        if significant.is_empty() {
-            scale = 0;
-        } else {
-            if -scale > 38 {
-                return Err(overflow());
-            }
-            significant.push_str(&"0".repeat((-scale) as usize));
-            scale = 0;
+        if !significant.is_empty() {
+            let zeros = usize::try_from(-scale)
+                .ok()
+                .filter(|z| *z <= 38)
+                .ok_or_else(overflow)?;
+            significant.push_str(&"0".repeat(zeros));
         }
+        scale = 0;
     }
     if scale > 38 || significant.len() > 38 {
         return Err(overflow());
     }
-    let mut v: i128 = 0;
-    for c in significant.bytes() {
-        v = v * 10 + i128::from(c - b'0');
-    }
-    if t.starts_with('-') {
-        v = -v;
-    }
+    let v = significant
+        .bytes()
+        .fold(0i128, |v, c| v * 10 + i128::from(c - b'0'));
+    let v = if t.starts_with('-') { -v } else { v };
     Ok(ScalarValue::Decimal128(Some(v), 38, scale as i8))
 }
 
 #[derive(Clone, Copy, PartialEq)]
 enum Kind {
     Date,
-    Timestamp,
-    TimestampTz,
+    Ts,
+    TsTz,
 }
 
-/// Reads 1..=max ASCII digits at `*i`.
-fn take_digits(b: &[u8], i: &mut usize, max: usize) -> Option<(i64, usize)> {
-    let start = *i;
-    let mut v = 0i64;
-    while *i < b.len() && *i - start < max && b[*i].is_ascii_digit() {
-        v = v * 10 + i64::from(b[*i] - b'0');
-        *i += 1;
+/// A byte cursor for the date/time parser.
+struct Cursor<'a> {
+    b: &'a [u8],
+    i: usize,
+}
+
+impl Cursor<'_> {
+    fn eat(&mut self, c: u8) -> bool {
+        let hit = self.b.get(self.i) == Some(&c);
+        self.i += usize::from(hit);
+        hit
     }
-    (*i > start).then_some((v, *i - start))
+    fn spaces(&mut self) {
+        while self.eat(b' ') {}
+    }
+    /// 1..=max digits: (value, count).
+    fn num(&mut self, max: usize) -> Option<(i64, usize)> {
+        let start = self.i;
+        let mut v = 0i64;
+        while self.i - start < max && self.b.get(self.i).is_some_and(u8::is_ascii_digit) {
+            v = v * 10 + i64::from(self.b[self.i] - b'0');
+            self.i += 1;
+        }
+        (self.i > start).then_some((v, self.i - start))
+    }
+    fn peek_digit(&self) -> bool {
+        self.b.get(self.i).is_some_and(u8::is_ascii_digit)
+    }
 }
 
 /// ISO dates and timestamps: `YYYY-MM-DD[( |T)HH:MM[:SS[.fff]]][ ][zone][ BC|AD]` where zone
@@ -963,24 +850,19 @@ fn take_digits(b: &[u8], i: &mut usize, max: usize) -> Option<(i64, usize)> {
 fn parse_datetime(s: &str, kind: Kind) -> Result<i64, PgTypeError> {
     let tname = match kind {
         Kind::Date => "date",
-        Kind::Timestamp => "timestamp",
-        Kind::TimestampTz => "timestamp with time zone",
+        Kind::Ts => "timestamp",
+        Kind::TsTz => "timestamp with time zone",
     };
-    let t = trim_pg(s);
     let bad = || {
-        PgTypeError::new(
-            sqlstate::INVALID_DATETIME_FORMAT,
+        err(
+            INVALID_DATETIME_FORMAT,
             format!("invalid input syntax for type {tname}: \"{s}\""),
         )
     };
-    let field_range = || {
-        PgTypeError::new(
-            sqlstate::DATETIME_FIELD_OVERFLOW,
-            format!("date/time field value out of range: \"{s}\""),
-        )
-    };
+    let overflow = |what: &str| err(DATETIME_FIELD_OVERFLOW, format!("{what}: \"{s}\""));
+    let t = trim_pg(s);
     let (max, min) = match kind {
-        Kind::Date => (i64::from(i32::MAX), i64::from(i32::MIN)),
+        Kind::Date => (i32::MAX.into(), i32::MIN.into()),
         _ => (i64::MAX, i64::MIN),
     };
     match t.to_ascii_lowercase().as_str() {
@@ -989,170 +871,123 @@ fn parse_datetime(s: &str, kind: Kind) -> Result<i64, PgTypeError> {
         "epoch" => return Ok(0),
         _ => {}
     }
-    let b = t.as_bytes();
-    let mut i = 0;
-    let (year, _) = take_digits(b, &mut i, 9).ok_or_else(bad)?;
-    let expect = |i: &mut usize, c: u8| {
-        if b.get(*i) == Some(&c) {
-            *i += 1;
-            Ok(())
-        } else {
-            Err(bad())
-        }
+    let mut c = Cursor {
+        b: t.as_bytes(),
+        i: 0,
     };
-    expect(&mut i, b'-')?;
-    let (month, _) = take_digits(b, &mut i, 2).ok_or_else(bad)?;
-    expect(&mut i, b'-')?;
-    let (day, _) = take_digits(b, &mut i, 2).ok_or_else(bad)?;
-    let (mut hour, mut minute, mut sec, mut micros) = (0i64, 0i64, 0i64, 0i64);
-    let skip_spaces = |i: &mut usize| {
-        while b.get(*i) == Some(&b' ') {
-            *i += 1;
-        }
-    };
-    let mut j = i;
-    if matches!(b.get(j), Some(b'T' | b't')) {
-        j += 1;
-    } else {
-        skip_spaces(&mut j);
+    let (raw_year, _) = c.num(9).ok_or_else(bad)?;
+    let month = c.eat(b'-').then(|| c.num(2)).flatten().ok_or_else(bad)?.0;
+    let day = c.eat(b'-').then(|| c.num(2)).flatten().ok_or_else(bad)?.0;
+    let (mut hour, mut minute, mut sec, mut micros) = (0, 0, 0, 0);
+    let date_end = c.i;
+    if !c.eat(b'T') && !c.eat(b't') {
+        c.spaces();
     }
-    if j > i && b.get(j).is_some_and(u8::is_ascii_digit) {
-        i = j;
-        hour = take_digits(b, &mut i, 2).ok_or_else(bad)?.0;
-        expect(&mut i, b':')?;
-        minute = take_digits(b, &mut i, 2).ok_or_else(bad)?.0;
-        if b.get(i) == Some(&b':') {
-            i += 1;
-            sec = take_digits(b, &mut i, 2).ok_or_else(bad)?.0;
-            if b.get(i) == Some(&b'.') {
-                i += 1;
-                let start = i;
-                while b.get(i).is_some_and(u8::is_ascii_digit) {
-                    i += 1;
+    if c.i > date_end && c.peek_digit() {
+        hour = c.num(2).ok_or_else(bad)?.0;
+        minute = c.eat(b':').then(|| c.num(2)).flatten().ok_or_else(bad)?.0;
+        if c.eat(b':') {
+            sec = c.num(2).ok_or_else(bad)?.0;
+            if c.eat(b'.') {
+                let start = c.i;
+                while c.peek_digit() {
+                    c.i += 1;
                 }
-                // PostgreSQL parses the fraction with strtod and rounds with rint.
-                let frac: f64 = format!("0.{}", &t[start..i]).parse().map_err(|_| bad())?;
-                if i == start {
+                if c.i == start {
                     return Err(bad());
                 }
+                // PostgreSQL parses the fraction with strtod and rounds with rint.
+                let frac: f64 = format!("0.{}", &t[start..c.i]).parse().map_err(|_| bad())?;
                 micros = (frac * 1e6).round_ties_even() as i64;
             }
         }
+    } else {
+        c.i = date_end;
     }
-    skip_spaces(&mut i);
-    let mut offset_secs = 0i64;
-    let rest = &t[i..];
-    let upper = rest.to_ascii_uppercase();
+    c.spaces();
+    let mut offset = 0i64;
+    let upper = t[c.i..].to_ascii_uppercase();
     if upper.starts_with("UTC") || upper.starts_with("GMT") {
-        i += 3;
+        c.i += 3;
     } else if upper.starts_with('Z') {
-        i += 1;
-    } else if let Some(sign @ (b'+' | b'-')) = b.get(i).copied() {
-        i += 1;
-        let (h, n) = take_digits(b, &mut i, 4).ok_or_else(bad)?;
-        // "+0530" and "+530" are HHMM / HMM; "+05" and "+5" hours only.
+        c.i += 1;
+    } else if let Some(sign @ (b'+' | b'-')) = c.b.get(c.i).copied() {
+        c.i += 1;
+        // "+0530" and "+530" are [H]HMM; "+05" and "+5" hours, optionally ":MM[:SS]".
+        let (h, n) = c.num(4).ok_or_else(bad)?;
         let (oh, mut om, mut os) = if n > 2 {
             (h / 100, h % 100, 0)
         } else {
             (h, 0, 0)
         };
-        if n <= 2 && b.get(i) == Some(&b':') {
-            i += 1;
-            om = take_digits(b, &mut i, 2).ok_or_else(bad)?.0;
-            if b.get(i) == Some(&b':') {
-                i += 1;
-                os = take_digits(b, &mut i, 2).ok_or_else(bad)?.0;
+        if n <= 2 && c.eat(b':') {
+            om = c.num(2).ok_or_else(bad)?.0;
+            if c.eat(b':') {
+                os = c.num(2).ok_or_else(bad)?.0;
             }
         }
         if oh > 15 || om > 59 || os > 59 {
-            return Err(PgTypeError::new(
-                sqlstate::DATETIME_FIELD_OVERFLOW,
-                format!("time zone displacement out of range: \"{s}\""),
-            ));
+            return Err(overflow("time zone displacement out of range"));
         }
-        offset_secs = (oh * 3600 + om * 60 + os) * if sign == b'-' { -1 } else { 1 };
+        offset = (oh * 3600 + om * 60 + os) * if sign == b'-' { -1 } else { 1 };
     }
-    skip_spaces(&mut i);
-    let era = t[i..].to_ascii_uppercase();
-    let bc = match era.as_str() {
+    c.spaces();
+    let bc = match t[c.i..].to_ascii_uppercase().as_str() {
         "" | "AD" => false,
         "BC" => true,
         _ => return Err(bad()),
     };
-    if year == 0
-        || !(1..=12).contains(&month)
-        || day < 1
-        || day > days_in_month(if bc { 1 - year } else { year }, month)
-    {
-        return Err(field_range());
+    let year = if bc { 1 - raw_year } else { raw_year };
+    let bad_date = raw_year == 0 || !(1..=12).contains(&month);
+    let bad_time = (hour > 23 && (hour, minute, sec, micros) != (24, 0, 0, 0)) || minute > 59;
+    if bad_date || day < 1 || day > days_in_month(year, month) || bad_time || sec > 60 {
+        return Err(overflow("date/time field value out of range"));
     }
-    let hour24 = hour == 24 && minute == 0 && sec == 0 && micros == 0;
-    if (hour > 23 && !hour24) || minute > 59 || sec > 60 {
-        return Err(field_range());
-    }
-    let days = days_from_civil(if bc { 1 - year } else { year }, month, day);
+    let days = days_from_civil(year, month, day);
     if kind == Kind::Date {
-        if !(MIN_DATE..END_DATE).contains(&days) {
-            return Err(PgTypeError::new(
-                sqlstate::DATETIME_FIELD_OVERFLOW,
-                format!("date out of range: \"{s}\""),
-            ));
-        }
-        return Ok(days);
+        return match (MIN_DATE..END_DATE).contains(&days) {
+            true => Ok(days),
+            false => Err(overflow("date out of range")),
+        };
     }
-    let zone = if kind == Kind::TimestampTz {
-        offset_secs
-    } else {
-        0
-    };
-    let total = i128::from(days) * i128::from(USECS_PER_DAY)
-        + i128::from(((hour * 60 + minute) * 60 + sec - zone) * 1_000_000 + micros);
-    if total < i128::from(MIN_TIMESTAMP) || total >= i128::from(i64::MAX) {
-        return Err(PgTypeError::new(
-            sqlstate::DATETIME_FIELD_OVERFLOW,
-            format!("timestamp out of range: \"{s}\""),
-        ));
+    let offset = if kind == Kind::TsTz { offset } else { 0 };
+    let secs = (hour * 60 + minute) * 60 + sec - offset;
+    let total =
+        i128::from(days) * i128::from(USECS_PER_DAY) + i128::from(secs * 1_000_000 + micros);
+    match total >= MIN_TIMESTAMP.into() && total < i64::MAX.into() {
+        true => Ok(total as i64),
+        false => Err(overflow("timestamp out of range")),
     }
-    Ok(total as i64)
 }
 
 /// `byteain`: `\x` hex (whitespace between digit pairs allowed) or the escape format.
 fn parse_bytea(s: &str) -> Result<Vec<u8>, PgTypeError> {
     let b = s.as_bytes();
     if let Some(hex) = s.strip_prefix("\\x") {
-        let hex = hex.as_bytes();
-        let nibble = |c: u8, i: usize| -> Result<u8, PgTypeError> {
-            match c {
-                b'0'..=b'9' => Ok(c - b'0'),
-                b'a'..=b'f' => Ok(c - b'a' + 10),
-                b'A'..=b'F' => Ok(c - b'A' + 10),
-                _ => Err(PgTypeError::new(
-                    sqlstate::INVALID_TEXT_REPRESENTATION,
-                    format!(
-                        "invalid hexadecimal digit: \"{}\"",
-                        s.get(2 + i..).and_then(|r| r.chars().next()).unwrap_or('?')
-                    ),
+        let nibble = |i: usize| -> Result<u8, PgTypeError> {
+            match hex.as_bytes().get(i) {
+                Some(c @ b'0'..=b'9') => Ok(c - b'0'),
+                Some(c @ b'a'..=b'f') => Ok(c - b'a' + 10),
+                Some(c @ b'A'..=b'F') => Ok(c - b'A' + 10),
+                Some(_) => {
+                    let c = hex.get(i..).and_then(|r| r.chars().next()).unwrap_or('?');
+                    let msg = format!("invalid hexadecimal digit: \"{c}\"");
+                    Err(err(INVALID_TEXT_REPRESENTATION, msg))
+                }
+                None => Err(err(
+                    INVALID_TEXT_REPRESENTATION,
+                    "invalid hexadecimal data: odd number of digits",
                 )),
             }
         };
         let mut out = Vec::with_capacity(hex.len() / 2);
         let mut i = 0;
         while i < hex.len() {
-            if matches!(hex[i], b' ' | b'\t' | b'\n' | b'\r') {
+            if matches!(hex.as_bytes()[i], b' ' | b'\t' | b'\n' | b'\r') {
                 i += 1;
                 continue;
             }
-            let hi = nibble(hex[i], i)?;
-            let lo = match hex.get(i + 1) {
-                Some(c) => nibble(*c, i + 1)?,
-                None => {
-                    return Err(PgTypeError::new(
-                        sqlstate::INVALID_TEXT_REPRESENTATION,
-                        "invalid hexadecimal data: odd number of digits",
-                    ))
-                }
-            };
-            out.push(hi << 4 | lo);
+            out.push(nibble(i)? << 4 | nibble(i + 1)?);
             i += 2;
         }
         return Ok(out);
@@ -1160,49 +995,49 @@ fn parse_bytea(s: &str) -> Result<Vec<u8>, PgTypeError> {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] != b'\\' {
-            out.push(b[i]);
-            i += 1;
-        } else if b.get(i + 1) == Some(&b'\\') {
-            out.push(b'\\');
-            i += 2;
-        } else if let [d0 @ b'0'..=b'3', d1 @ b'0'..=b'7', d2 @ b'0'..=b'7', ..] = &b[i + 1..] {
-            out.push(((d0 - b'0') << 6) | ((d1 - b'0') << 3) | (d2 - b'0'));
-            i += 4;
-        } else {
-            return Err(syntax("bytea", s));
-        }
+        match &b[i..] {
+            [b'\\', b'\\', ..] => {
+                out.push(b'\\');
+                i += 2;
+            }
+            [b'\\', d0 @ b'0'..=b'3', d1 @ b'0'..=b'7', d2 @ b'0'..=b'7', ..] => {
+                out.push(((d0 - b'0') << 6) | ((d1 - b'0') << 3) | (d2 - b'0'));
+                i += 4;
+            }
+            [b'\\', ..] => return Err(syntax("bytea", s)),
+            [c, ..] => {
+                out.push(*c);
+                i += 1;
+            }
+            [] => break,
+        };
     }
     Ok(out)
 }
 
-fn fixed<const N: usize>(bytes: &[u8]) -> Result<[u8; N], PgTypeError> {
-    match bytes.len().cmp(&N) {
-        std::cmp::Ordering::Less => Err(insufficient()),
-        std::cmp::Ordering::Greater => Err(extra_data()),
-        std::cmp::Ordering::Equal => {
-            let mut a = [0u8; N];
-            a.copy_from_slice(bytes);
-            Ok(a)
-        }
-    }
+fn insufficient() -> PgTypeError {
+    err(PROTOCOL_VIOLATION, "insufficient data left in message")
 }
 
 fn extra_data() -> PgTypeError {
-    PgTypeError::new(
-        sqlstate::INVALID_BINARY_REPRESENTATION,
+    err(
+        INVALID_BINARY_REPRESENTATION,
         "incorrect binary data format in bind parameter",
     )
 }
 
-fn insufficient() -> PgTypeError {
-    PgTypeError::new(
-        sqlstate::PROTOCOL_VIOLATION,
-        "insufficient data left in message",
-    )
+/// Exactly N bytes: fewer is a protocol violation (PostgreSQL's "insufficient data left in
+/// message"), more an invalid binary representation, as in PostgreSQL's Bind handling.
+fn fixed<const N: usize>(bytes: &[u8]) -> Result<[u8; N], PgTypeError> {
+    match bytes.len().cmp(&N) {
+        Ordering::Less => Err(insufficient()),
+        Ordering::Greater => Err(extra_data()),
+        Ordering::Equal => bytes.try_into().map_err(|_| insufficient()),
+    }
 }
 
 fn decode_binary_param(type_oid: u32, bytes: &[u8]) -> Result<ScalarValue, PgTypeError> {
+    let text = |b: &[u8]| Ok::<_, PgTypeError>(ScalarValue::Utf8(Some(utf8(b)?.to_string())));
     Ok(match type_oid {
         oid::BOOL => ScalarValue::Boolean(Some(fixed::<1>(bytes)?[0] != 0)),
         oid::INT2 => ScalarValue::Int16(Some(i16::from_be_bytes(fixed(bytes)?))),
@@ -1210,40 +1045,30 @@ fn decode_binary_param(type_oid: u32, bytes: &[u8]) -> Result<ScalarValue, PgTyp
         oid::INT8 => ScalarValue::Int64(Some(i64::from_be_bytes(fixed(bytes)?))),
         oid::FLOAT4 => ScalarValue::Float32(Some(f32::from_be_bytes(fixed(bytes)?))),
         oid::FLOAT8 => ScalarValue::Float64(Some(f64::from_be_bytes(fixed(bytes)?))),
-        oid::TEXT
-        | oid::VARCHAR
-        | oid::BPCHAR
-        | oid::NAME
-        | oid::UNKNOWN
-        | oid::JSON
-        | oid::UNSPECIFIED => ScalarValue::Utf8(Some(utf8(bytes)?.to_string())),
+        oid::TEXT | oid::VARCHAR | oid::BPCHAR | oid::NAME | oid::UNKNOWN | oid::JSON => {
+            text(bytes)?
+        }
+        oid::UNSPECIFIED => text(bytes)?,
         oid::JSONB => match bytes.split_first() {
-            Some((1, rest)) => ScalarValue::Utf8(Some(utf8(rest)?.to_string())),
+            Some((1, rest)) => text(rest)?,
             Some((v, _)) => {
-                return Err(PgTypeError::new(
-                    sqlstate::INVALID_BINARY_REPRESENTATION,
-                    format!("unsupported jsonb version number {v}"),
-                ))
+                let msg = format!("unsupported jsonb version number {v}");
+                return Err(err(INVALID_BINARY_REPRESENTATION, msg));
             }
             None => return Err(insufficient()),
         },
         oid::BYTEA => ScalarValue::Binary(Some(bytes.to_vec())),
-        oid::DATE => {
-            let pg = i32::from_be_bytes(fixed(bytes)?);
-            let days = match pg {
-                i32::MAX | i32::MIN => pg,
-                _ => i32::try_from(i64::from(pg) + UNIX_TO_PG_DAYS)
-                    .ok()
-                    .filter(|d| *d != i32::MAX)
-                    .ok_or_else(|| out_of_range("date"))?,
-            };
-            ScalarValue::Date32(Some(days))
-        }
+        oid::DATE => ScalarValue::Date32(Some(match i32::from_be_bytes(fixed(bytes)?) {
+            pg @ (i32::MAX | i32::MIN) => pg,
+            pg => i32::try_from(i64::from(pg) + UNIX_TO_PG_DAYS)
+                .ok()
+                .filter(|d| *d != i32::MAX)
+                .ok_or_else(|| out_of_range("date"))?,
+        })),
         oid::TIMESTAMP | oid::TIMESTAMPTZ => {
-            let pg = i64::from_be_bytes(fixed(bytes)?);
-            let micros = match pg {
-                i64::MAX | i64::MIN => pg,
-                _ => pg
+            let micros = match i64::from_be_bytes(fixed(bytes)?) {
+                pg @ (i64::MAX | i64::MIN) => pg,
+                pg => pg
                     .checked_add(UNIX_TO_PG_MICROS)
                     .filter(|m| *m != i64::MAX)
                     .ok_or_else(|| out_of_range("timestamp"))?,
@@ -1253,10 +1078,8 @@ fn decode_binary_param(type_oid: u32, bytes: &[u8]) -> Result<ScalarValue, PgTyp
         }
         oid::NUMERIC => decode_numeric_binary(bytes)?,
         other => {
-            return Err(PgTypeError::new(
-                sqlstate::UNDEFINED_FUNCTION,
-                format!("no binary input function available for type oid {other}"),
-            ))
+            let msg = format!("no binary input function available for type oid {other}");
+            return Err(err(UNDEFINED_FUNCTION, msg));
         }
     })
 }
@@ -1265,35 +1088,32 @@ fn decode_binary_param(type_oid: u32, bytes: &[u8]) -> Result<ScalarValue, PgTyp
 /// PostgreSQL does.
 fn decode_numeric_binary(bytes: &[u8]) -> Result<ScalarValue, PgTypeError> {
     let invalid = |what: &str| {
-        PgTypeError::new(
-            sqlstate::INVALID_BINARY_REPRESENTATION,
-            format!("invalid {what} in external \"numeric\" value"),
-        )
+        let msg = format!("invalid {what} in external \"numeric\" value");
+        err(INVALID_BINARY_REPRESENTATION, msg)
+    };
+    let overflow = || {
+        let msg = "numeric value out of range: at most 38 digits are supported";
+        err(NUMERIC_VALUE_OUT_OF_RANGE, msg)
     };
     let header: [u8; 8] = bytes
         .get(..8)
-        .and_then(|h| h.try_into().ok())
-        .ok_or_else(insufficient)?;
-    let ndigits = i16::from_be_bytes([header[0], header[1]]);
-    let weight = i64::from(i16::from_be_bytes([header[2], header[3]]));
-    let sign = u16::from_be_bytes([header[4], header[5]]);
-    let dscale = u16::from_be_bytes([header[6], header[7]]);
-    if ndigits < 0 {
-        return Err(invalid("length"));
-    }
+        .ok_or_else(insufficient)?
+        .try_into()
+        .map_err(|_| insufficient())?;
+    let word = |i: usize| u16::from_be_bytes([header[2 * i], header[2 * i + 1]]);
+    let (ndigits, weight, sign, dscale) = (word(0) as i16, word(1) as i16, word(2), word(3));
     let body = &bytes[8..];
-    let ndigits = ndigits as usize;
-    if body.len() < 2 * ndigits {
-        return Err(insufficient());
-    }
-    if body.len() > 2 * ndigits {
-        return Err(extra_data());
+    let ndigits = usize::try_from(ndigits).map_err(|_| invalid("length"))?;
+    match body.len().cmp(&(2 * ndigits)) {
+        Ordering::Less => return Err(insufficient()),
+        Ordering::Greater => return Err(extra_data()),
+        Ordering::Equal => {}
     }
     match sign {
         0x0000 | 0x4000 => {}
         0xC000 | 0xD000 | 0xF000 => {
-            return Err(PgTypeError::new(
-                sqlstate::FEATURE_NOT_SUPPORTED,
+            return Err(err(
+                FEATURE_NOT_SUPPORTED,
                 "numeric NaN and Infinity are not supported",
             ))
         }
@@ -1302,12 +1122,6 @@ fn decode_numeric_binary(bytes: &[u8]) -> Result<ScalarValue, PgTypeError> {
     if dscale & 0x3FFF != dscale {
         return Err(invalid("scale"));
     }
-    let overflow = || {
-        PgTypeError::new(
-            sqlstate::NUMERIC_VALUE_OUT_OF_RANGE,
-            "numeric value out of range: at most 38 digits are supported",
-        )
-    };
     if dscale > 38 {
         return Err(overflow());
     }
@@ -1317,33 +1131,24 @@ fn decode_numeric_binary(bytes: &[u8]) -> Result<ScalarValue, PgTypeError> {
         if !(0..10_000).contains(&d) {
             return Err(invalid("digit"));
         }
-        // This digit is worth d * 10^(4 * (weight - k) + dscale) in units of 10^-dscale.
-        let exp10 = 4 * (weight - k as i64) + i64::from(dscale);
-        let term = if exp10 >= 0 {
-            if exp10 > 38 {
-                if d == 0 {
-                    continue;
-                }
-                return Err(overflow());
-            }
-            i128::from(d)
+        // This digit is worth d * 10^(4 * (weight - k) + dscale) units of 10^-dscale.
+        let exp10 = 4 * (i64::from(weight) - k as i64) + i64::from(dscale);
+        let term = match exp10 {
+            ..=-4 => 0,
+            -3..=-1 => i128::from(d) / 10i128.pow((-exp10) as u32),
+            _ if d == 0 => 0,
+            0..=38 => i128::from(d)
                 .checked_mul(10i128.pow(exp10 as u32))
-                .ok_or_else(overflow)?
-        } else if exp10 > -4 {
-            i128::from(d) / 10i128.pow((-exp10) as u32)
-        } else {
-            0
+                .ok_or_else(overflow)?,
+            _ => return Err(overflow()),
         };
-        v = v.checked_add(term).ok_or_else(overflow)?;
+        v = v
+            .checked_add(term)
+            .filter(|v| *v < 10i128.pow(38))
+            .ok_or_else(overflow)?;
     }
-    if v >= 10i128.pow(38) {
-        return Err(overflow());
-    }
-    Ok(ScalarValue::Decimal128(
-        Some(if sign == 0x4000 { -v } else { v }),
-        38,
-        dscale as i8,
-    ))
+    let v = if sign == 0x4000 { -v } else { v };
+    Ok(ScalarValue::Decimal128(Some(v), 38, dscale as i8))
 }
 
 #[cfg(test)]
