@@ -170,3 +170,53 @@ pub fn rewrite(plan: LogicalPlan) -> Result<LogicalPlan> {
     })?;
     Ok(rewritten.data)
 }
+
+/// A function of no arguments that returns a fixed text, such as `version()`.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct SessionText {
+    name: &'static str,
+    value: String,
+    signature: Signature,
+}
+
+impl ScalarUDFImpl for SessionText {
+    fn name(&self) -> &str {
+        self.name
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Utf8)
+    }
+    fn invoke_with_args(&self, _args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        Ok(ColumnarValue::Scalar(ScalarValue::Utf8(Some(
+            self.value.clone(),
+        ))))
+    }
+}
+
+/// The text of `SELECT version()`: drivers and ORMs parse the `PostgreSQL 15.` prefix.
+pub fn version_text() -> String {
+    format!(
+        "PostgreSQL 15.0 (OmenDB {}) on {}-linux, compiled by rustc, 64-bit",
+        env!("CARGO_PKG_VERSION"),
+        std::env::consts::ARCH
+    )
+}
+
+/// Registers the session functions clients call on connect, in PostgreSQL's spelling.
+pub fn register_functions(ctx: &datafusion::prelude::SessionContext, database: &str) {
+    let functions = [
+        ("version", version_text()),
+        ("current_database", database.to_string()),
+        ("current_schema", "public".into()),
+    ];
+    for (name, value) in functions {
+        ctx.register_udf(ScalarUDF::new_from_impl(SessionText {
+            name,
+            value,
+            signature: Signature::exact(vec![], Volatility::Stable),
+        }));
+    }
+}

@@ -1004,7 +1004,10 @@ fn parse_bytea(s: &str) -> Result<Vec<u8>, PgTypeError> {
                 out.push(((d0 - b'0') << 6) | ((d1 - b'0') << 3) | (d2 - b'0'));
                 i += 4;
             }
-            [b'\\', ..] => return Err(syntax("bytea", s)),
+            [b'\\', ..] => {
+                let msg = "invalid input syntax for type bytea";
+                return Err(err(INVALID_TEXT_REPRESENTATION, msg));
+            }
             [c, ..] => {
                 out.push(*c);
                 i += 1;
@@ -1154,78 +1157,73 @@ fn decode_numeric_binary(bytes: &[u8]) -> Result<ScalarValue, PgTypeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use datafusion::arrow::array::{
-        ArrayRef, BinaryArray, BooleanArray, Date32Array, Date64Array, Decimal128Array,
-        Float32Array, Float64Array, Int16Array, Int32Array, Int64Array, StringArray,
-        Time64MicrosecondArray, TimestampMicrosecondArray, TimestampNanosecondArray, UInt64Array,
-    };
+    use datafusion::arrow::array::*;
     use std::collections::HashMap;
+    use ScalarValue as S;
 
-    fn text(array: &dyn Array, row: usize) -> String {
+    fn text(a: &dyn Array, row: usize) -> String {
         let mut out = BytesMut::new();
-        encode_text(array, row, &mut out).unwrap();
+        encode_text(a, row, &mut out).unwrap();
         String::from_utf8(out.to_vec()).unwrap()
     }
 
-    fn binary(array: &dyn Array, row: usize) -> Vec<u8> {
+    fn binary(a: &dyn Array, row: usize) -> Vec<u8> {
         let mut out = BytesMut::new();
-        encode_binary(array, row, &mut out).unwrap();
+        encode_binary(a, row, &mut out).unwrap();
         out.to_vec()
     }
 
-    fn param(oid: u32, s: &str) -> Result<ScalarValue, PgTypeError> {
-        decode_param(oid, 0, s.as_bytes())
+    /// decode_param with the error reduced to its SQLSTATE.
+    fn p(oid: u32, format: i16, bytes: &[u8]) -> Result<S, &'static str> {
+        decode_param(oid, format, bytes).map_err(|e| e.sqlstate())
     }
 
-    fn code(r: Result<ScalarValue, PgTypeError>) -> &'static str {
-        r.expect_err("expected an error").sqlstate()
+    fn tp(oid: u32, s: &str) -> Result<S, &'static str> {
+        p(oid, 0, s.as_bytes())
     }
 
+    fn dec(v: i128, s: i8) -> S {
+        S::Decimal128(Some(v), 38, s)
+    }
+
+    fn ts(v: i64) -> S {
+        S::TimestampMicrosecond(Some(v), None)
+    }
+
+    fn tstz(v: i64) -> S {
+        S::TimestampMicrosecond(Some(v), Some(UTC_TZ.into()))
+    }
+
+    fn dec_array(v: i128, p: u8, s: i8) -> Decimal128Array {
+        Decimal128Array::from(vec![v])
+            .with_precision_and_scale(p, s)
+            .unwrap()
+    }
+
+    /// Outputs as PostgreSQL 15 prints them (`select x::float8`). A comparison of 120k random
+    /// values against PostgreSQL, exact ties and interval bounds included, matched as well.
     #[test]
-    fn float8_matches_postgres() {
-        // Outputs checked against PostgreSQL 15 (`select x::float8`); a 120k-value random
-        // comparison, including exact ties and interval bounds, matched as well.
-        let cases: [(f64, &str); 18] = [
-            (0.1, "0.1"),
-            (1.5, "1.5"),
-            (100.0, "100"),
-            (1e15, "1e+15"),
-            (123456789012345.0, "123456789012345"),
-            (1e-5, "1e-05"),
-            (1.5e-5, "1.5e-05"),
-            (0.0001, "0.0001"),
-            (-0.0, "-0"),
-            (0.0, "0"),
-            (f64::MAX, "1.7976931348623157e+308"),
-            (5e-324, "5e-324"),
-            (-1e100, "-1e+100"),
-            (f64::NAN, "NaN"),
-            (f64::INFINITY, "Infinity"),
-            (f64::NEG_INFINITY, "-Infinity"),
-            // Rust's shortest digits would be 3.172230058817275e16 (on the interval bound).
-            (3.172230058817275e16, "3.1722300588172752e+16"),
-            (1.0 / 3.0, "0.3333333333333333"),
+    #[rustfmt::skip]
+    fn floats_match_postgres() {
+        let f8: [(f64, &str); 18] = [
+            (0.1, "0.1"), (1.5, "1.5"), (100.0, "100"), (1e15, "1e+15"),
+            (123456789012345.0, "123456789012345"), (1e-5, "1e-05"), (1.5e-5, "1.5e-05"),
+            (0.0001, "0.0001"), (-0.0, "-0"), (0.0, "0"), (f64::MAX, "1.7976931348623157e+308"),
+            (5e-324, "5e-324"), (-1e100, "-1e+100"), (f64::NAN, "NaN"), (1.0 / 3.0, "0.3333333333333333"),
+            (f64::INFINITY, "Infinity"), (f64::NEG_INFINITY, "-Infinity"),
+            // Rust's shortest digits, 3.172230058817275e16, lie on the rounding interval's bound.
+            (3.1722300588172752e16, "3.1722300588172752e+16"),
         ];
-        for (v, want) in cases {
+        for (v, want) in f8 {
             assert_eq!(format_float8(v), want, "{v:e}");
         }
-    }
-
-    #[test]
-    fn float4_matches_postgres() {
-        let cases: [(f32, &str); 9] = [
-            (1e6, "1e+06"),
-            (123456.0, "123456"),
-            (1e-5, "1e-05"),
-            (0.1, "0.1"),
-            (f32::MAX, "3.4028235e+38"),
-            (-0.0, "-0"),
-            // An exact tie: PostgreSQL rounds half to even, Rust's shortest rounds up.
+        let f4: [(f32, &str); 9] = [
+            (1e6, "1e+06"), (123456.0, "123456"), (1e-5, "1e-05"), (0.1, "0.1"), (-0.0, "-0"),
+            (f32::MAX, "3.4028235e+38"), (f32::NAN, "NaN"), (8.124762e7, "8.1247616e+07"),
+            // An exact tie: PostgreSQL rounds half to even where Rust's shortest rounds up.
             (1346681.25, "1.3466812e+06"),
-            (8.124762e7, "8.1247616e+07"),
-            (f32::NAN, "NaN"),
         ];
-        for (v, want) in cases {
+        for (v, want) in f4 {
             assert_eq!(format_float4(v), want, "{v:e}");
         }
     }
@@ -1233,26 +1231,20 @@ mod tests {
     #[test]
     fn pg_types_of_fields_and_columns() {
         let f = ColumnType::Varchar(Some(20)).arrow_field("v", true);
-        assert_eq!(
-            pg_type_for_field(&f),
-            PgType {
-                typmod: 24,
-                ..PgType::VARCHAR
-            }
-        );
+        assert_eq!(pg_type_for_field(&f), PgType::VARCHAR.with_typmod(24));
         let num = ColumnType::Numeric {
             precision: 10,
             scale: 2,
-        };
-        let t = pg_type_for_field(&num.arrow_field("n", true));
+        }
+        .arrow_field("n", true);
+        let t = pg_type_for_field(&num);
         assert_eq!((t.oid, t.typmod, t.typlen), (1700, (10 << 16 | 2) + 4, -1));
         assert_eq!(pg_type_for_column(&ColumnType::Int), PgType::INT4);
         // Metadata that disagrees with the Arrow type is ignored.
-        let lying = Field::new("x", DataType::Int64, true).with_metadata(HashMap::from([(
-            PG_TYPE_METADATA_KEY.to_string(),
-            "int4".to_string(),
-        )]));
+        let meta = HashMap::from([(PG_TYPE_METADATA_KEY.to_string(), "int4".to_string())]);
+        let lying = Field::new("x", DataType::Int64, true).with_metadata(meta);
         assert_eq!(pg_type_for_field(&lying).oid, oid::INT8);
+        let utc = Some(Arc::from("UTC"));
         let cases = [
             (DataType::Int16, 21),
             (DataType::Int32, 23),
@@ -1266,10 +1258,7 @@ mod tests {
             (DataType::Decimal128(38, 10), 1700),
             (DataType::Date32, 1082),
             (DataType::Timestamp(TimeUnit::Microsecond, None), 1114),
-            (
-                DataType::Timestamp(TimeUnit::Nanosecond, Some("UTC".into())),
-                1184,
-            ),
+            (DataType::Timestamp(TimeUnit::Nanosecond, utc), 1184),
             (DataType::Binary, 17),
             (DataType::LargeBinary, 17),
             (DataType::Null, 25),
@@ -1277,18 +1266,10 @@ mod tests {
             (DataType::UInt64, 1700),
         ];
         for (dt, want) in cases {
-            assert_eq!(
-                pg_type_for_field(&Field::new("c", dt.clone(), true)).oid,
-                want,
-                "{dt}"
-            );
+            let f = Field::new("c", dt.clone(), true);
+            assert_eq!(pg_type_for_field(&f).oid, want, "{dt}");
         }
-        for t in [
-            ColumnType::Date,
-            ColumnType::Timestamp,
-            ColumnType::TimestampTz,
-            ColumnType::Bytea,
-        ] {
+        for t in [ColumnType::Date, ColumnType::TimestampTz, ColumnType::Bytea] {
             assert_eq!(
                 pg_type_for_column(&t),
                 pg_type_for_field(&t.arrow_field("c", true))
@@ -1297,131 +1278,96 @@ mod tests {
     }
 
     #[test]
+    #[rustfmt::skip]
     fn text_output_of_every_type() {
-        assert_eq!(text(&BooleanArray::from(vec![true, false]), 1), "f");
-        assert_eq!(text(&Int16Array::from(vec![-32768]), 0), "-32768");
-        assert_eq!(text(&Int32Array::from(vec![42]), 0), "42");
-        assert_eq!(
-            text(&Int64Array::from(vec![i64::MIN]), 0),
-            "-9223372036854775808"
-        );
-        assert_eq!(
-            text(&UInt64Array::from(vec![u64::MAX]), 0),
-            "18446744073709551615"
-        );
-        assert_eq!(text(&Float64Array::from(vec![1e15]), 0), "1e+15");
-        assert_eq!(text(&Float32Array::from(vec![1.5f32]), 0), "1.5");
-        assert_eq!(text(&StringArray::from(vec!["héllo"]), 0), "héllo");
-        assert_eq!(
-            text(&BinaryArray::from(vec![&[10u8, 11, 255][..]]), 0),
-            "\\x0a0bff"
-        );
-        assert_eq!(text(&BinaryArray::from(vec![&[][..]]), 0), "\\x");
-        let dec = |v: i128, p: u8, s: i8| {
-            text(
-                &Decimal128Array::from(vec![v])
-                    .with_precision_and_scale(p, s)
-                    .unwrap(),
-                0,
-            )
-        };
-        assert_eq!(dec(1250, 10, 2), "12.50");
-        assert_eq!(dec(-5, 10, 2), "-0.05");
-        assert_eq!(dec(0, 10, 2), "0.00");
-        assert_eq!(dec(7, 10, 0), "7");
-        assert_eq!(dec(12, 5, -3), "12000");
-        assert_eq!(dec(-1, 38, 10), "-0.0000000001");
-        let date = |d: i32| text(&Date32Array::from(vec![d]), 0);
-        assert_eq!(date(19737), "2024-01-15");
-        assert_eq!(date(0), "1970-01-01");
-        assert_eq!(date(-719_162), "0001-01-01");
-        assert_eq!(date(-735_160), "0044-03-15 BC");
-        assert_eq!(date(2_932_897), "10000-01-01");
-        assert_eq!(date(i32::MAX), "infinity");
-        assert_eq!(date(i32::MIN), "-infinity");
-        assert_eq!(text(&Date64Array::from(vec![86_400_000]), 0), "1970-01-02");
-        let ts = |v: i64, tz: bool| {
-            let a = TimestampMicrosecondArray::from(vec![v]);
-            text(&if tz { a.with_timezone("+00:00") } else { a }, 0)
-        };
-        assert_eq!(ts(1_705_314_600_000_000, false), "2024-01-15 10:30:00");
-        assert_eq!(
-            ts(1_705_314_600_123_450, false),
-            "2024-01-15 10:30:00.12345"
-        );
-        assert_eq!(
-            ts(1_705_314_600_000_001, true),
-            "2024-01-15 10:30:00.000001+00"
-        );
-        assert_eq!(ts(-1, false), "1969-12-31 23:59:59.999999");
-        assert_eq!(
-            ts(-63_517_786_200_000_000, true),
-            "0044-03-15 10:30:00+00 BC"
-        );
-        assert_eq!(ts(i64::MAX, true), "infinity");
-        assert_eq!(ts(i64::MIN, false), "-infinity");
-        let nanos = TimestampNanosecondArray::from(vec![1_999]);
-        assert_eq!(text(&nanos, 0), "1970-01-01 00:00:00.000001");
-        // No PostgreSQL counterpart: Arrow's rendering.
-        assert_eq!(
-            text(&Time64MicrosecondArray::from(vec![3_600_000_000]), 0),
-            "01:00:00"
-        );
+        let tsa = |v: i64| TimestampMicrosecondArray::from(vec![v]);
+        let cases: Vec<(ArrayRef, &str)> = vec![
+            (Arc::new(BooleanArray::from(vec![false])), "f"),
+            (Arc::new(BooleanArray::from(vec![true])), "t"),
+            (Arc::new(Int16Array::from(vec![-32768])), "-32768"),
+            (Arc::new(Int32Array::from(vec![42])), "42"),
+            (Arc::new(Int64Array::from(vec![i64::MIN])), "-9223372036854775808"),
+            (Arc::new(UInt64Array::from(vec![u64::MAX])), "18446744073709551615"),
+            (Arc::new(Float64Array::from(vec![1e15])), "1e+15"),
+            (Arc::new(Float32Array::from(vec![1.5])), "1.5"),
+            (Arc::new(StringArray::from(vec!["héllo"])), "héllo"),
+            (Arc::new(BinaryArray::from(vec![&[10u8, 11, 255][..]])), "\\x0a0bff"),
+            (Arc::new(BinaryArray::from(vec![&[][..]])), "\\x"),
+            (Arc::new(dec_array(1250, 10, 2)), "12.50"),
+            (Arc::new(dec_array(-5, 10, 2)), "-0.05"),
+            (Arc::new(dec_array(0, 10, 2)), "0.00"),
+            (Arc::new(dec_array(7, 10, 0)), "7"),
+            (Arc::new(dec_array(12, 5, -3)), "12000"),
+            (Arc::new(dec_array(-1, 38, 10)), "-0.0000000001"),
+            (Arc::new(Date32Array::from(vec![19737])), "2024-01-15"),
+            (Arc::new(Date32Array::from(vec![0])), "1970-01-01"),
+            (Arc::new(Date32Array::from(vec![-719_162])), "0001-01-01"),
+            (Arc::new(Date32Array::from(vec![-735_160])), "0044-03-15 BC"),
+            (Arc::new(Date32Array::from(vec![2_932_897])), "10000-01-01"),
+            (Arc::new(Date32Array::from(vec![i32::MAX])), "infinity"),
+            (Arc::new(Date32Array::from(vec![i32::MIN])), "-infinity"),
+            (Arc::new(tsa(1_705_314_600_000_000)), "2024-01-15 10:30:00"),
+            (Arc::new(tsa(1_705_314_600_123_450)), "2024-01-15 10:30:00.12345"),
+            (Arc::new(tsa(1_705_314_600_000_001).with_timezone("+00:00")), "2024-01-15 10:30:00.000001+00"),
+            (Arc::new(tsa(-1)), "1969-12-31 23:59:59.999999"),
+            (Arc::new(tsa(-63_517_786_200_000_000).with_timezone("UTC")), "0044-03-15 10:30:00+00 BC"),
+            (Arc::new(tsa(i64::MAX)), "infinity"),
+            (Arc::new(tsa(i64::MIN)), "-infinity"),
+            (Arc::new(TimestampNanosecondArray::from(vec![1_999])), "1970-01-01 00:00:00.000001"),
+            (Arc::new(TimestampSecondArray::from(vec![86_400])), "1970-01-02 00:00:00"),
+            // No PostgreSQL counterpart: Arrow's rendering, announced as text.
+            (Arc::new(Time64MicrosecondArray::from(vec![3_600_000_000])), "01:00:00"),
+        ];
+        for (array, want) in cases {
+            assert_eq!(text(&array, 0), want, "{:?}", array.data_type());
+        }
         let mut out = BytesMut::new();
         assert!(encode_text(&Int32Array::from(vec![1]), 1, &mut out).is_err());
+        assert!(encode_binary(&Int32Array::from(vec![1]), 1, &mut out).is_err());
+        let seconds = TimestampSecondArray::from(vec![i64::MAX / 10]);
+        assert!(encode_text(&seconds, 0, &mut out).is_err());
     }
 
     #[test]
+    #[rustfmt::skip]
     fn binary_output() {
-        assert_eq!(binary(&BooleanArray::from(vec![true]), 0), [1]);
-        assert_eq!(binary(&Int16Array::from(vec![-2]), 0), [0xff, 0xfe]);
-        assert_eq!(binary(&Int32Array::from(vec![258]), 0), [0, 0, 1, 2]);
-        assert_eq!(
-            binary(&Int64Array::from(vec![1]), 0),
-            [0, 0, 0, 0, 0, 0, 0, 1]
-        );
-        assert_eq!(
-            binary(&Float64Array::from(vec![1.5]), 0),
-            1.5f64.to_be_bytes()
-        );
-        assert_eq!(
-            binary(&Float32Array::from(vec![-2.0f32]), 0),
-            (-2.0f32).to_be_bytes()
-        );
-        assert_eq!(binary(&StringArray::from(vec!["hé"]), 0), "hé".as_bytes());
-        assert_eq!(binary(&BinaryArray::from(vec![&[0u8, 1][..]]), 0), [0, 1]);
-        assert_eq!(binary(&Date32Array::from(vec![10_957]), 0), [0, 0, 0, 0]);
-        assert_eq!(
-            binary(&Date32Array::from(vec![0]), 0),
-            (-10_957i32).to_be_bytes()
-        );
-        assert_eq!(
-            binary(&Date32Array::from(vec![i32::MAX]), 0),
-            i32::MAX.to_be_bytes()
-        );
-        let ts = TimestampMicrosecondArray::from(vec![946_684_800_000_001, i64::MIN]);
-        assert_eq!(binary(&ts, 0), 1i64.to_be_bytes());
-        assert_eq!(binary(&ts, 1), i64::MIN.to_be_bytes());
+        let cases: Vec<(ArrayRef, Vec<u8>)> = vec![
+            (Arc::new(BooleanArray::from(vec![true])), vec![1]),
+            (Arc::new(Int16Array::from(vec![-2])), vec![0xff, 0xfe]),
+            (Arc::new(Int32Array::from(vec![258])), vec![0, 0, 1, 2]),
+            (Arc::new(Int64Array::from(vec![1])), 1i64.to_be_bytes().to_vec()),
+            (Arc::new(UInt32Array::from(vec![1])), 1i64.to_be_bytes().to_vec()),
+            (Arc::new(Float64Array::from(vec![1.5])), 1.5f64.to_be_bytes().to_vec()),
+            (Arc::new(Float32Array::from(vec![-2.0])), (-2.0f32).to_be_bytes().to_vec()),
+            (Arc::new(StringArray::from(vec!["hé"])), "hé".as_bytes().to_vec()),
+            (Arc::new(BinaryArray::from(vec![&[0u8, 1][..]])), vec![0, 1]),
+            (Arc::new(Date32Array::from(vec![10_957])), vec![0, 0, 0, 0]),
+            (Arc::new(Date32Array::from(vec![0])), (-10_957i32).to_be_bytes().to_vec()),
+            (Arc::new(Date32Array::from(vec![i32::MAX])), i32::MAX.to_be_bytes().to_vec()),
+            (Arc::new(TimestampMicrosecondArray::from(vec![946_684_800_000_001])), 1i64.to_be_bytes().to_vec()),
+            (Arc::new(TimestampMicrosecondArray::from(vec![i64::MIN])), i64::MIN.to_be_bytes().to_vec()),
+            (Arc::new(UInt64Array::from(vec![10_000])), vec![0, 1, 0, 1, 0, 0, 0, 0, 0, 1]),
+        ];
+        for (array, want) in cases {
+            assert_eq!(binary(&array, 0), want, "{:?}", array.data_type());
+        }
         let mut out = BytesMut::new();
         assert!(encode_binary(&Date32Array::from(vec![i32::MIN + 1]), 0, &mut out).is_err());
     }
 
-    /// numeric_send of Decimal128(v, p, s), as (ndigits, weight, sign, dscale, digits).
+    /// numeric_send of a Decimal128 as (ndigits, weight, sign, dscale, digits).
     fn numeric_send(v: i128, s: i8) -> (i16, i16, u16, u16, Vec<i16>) {
-        let a = Decimal128Array::from(vec![v])
-            .with_precision_and_scale(38, s)
-            .unwrap();
-        let b = binary(&a, 0);
-        let word = |i: usize| [b[2 * i], b[2 * i + 1]];
-        let digits = (4..b.len() / 2)
-            .map(|i| i16::from_be_bytes(word(i)))
+        let b = binary(&dec_array(v, 38, s), 0);
+        let w: Vec<u16> = b
+            .chunks(2)
+            .map(|c| u16::from_be_bytes([c[0], c[1]]))
             .collect();
-        let h = |i| u16::from_be_bytes(word(i));
-        (h(0) as i16, h(1) as i16, h(2), h(3), digits)
+        let digits = w[4..].iter().map(|d| *d as i16).collect();
+        (w[0] as i16, w[1] as i16, w[2], w[3], digits)
     }
 
     #[test]
-    fn numeric_binary_output_matches_numeric_send() {
+    fn numeric_binary_matches_numeric_send() {
         // Expected values from PostgreSQL 15 `numeric_send`.
         assert_eq!(numeric_send(1250, 2), (2, 0, 0, 2, vec![12, 5000]));
         assert_eq!(numeric_send(-1250, 2), (2, 0, 0x4000, 2, vec![12, 5000]));
@@ -1431,12 +1377,8 @@ mod tests {
         assert_eq!(numeric_send(1234, 8), (1, -2, 0, 8, vec![1234]));
         assert_eq!(numeric_send(12, -3), (2, 1, 0, 0, vec![1, 2000]));
         assert_eq!(numeric_send(100_000_000, 0), (1, 2, 0, 0, vec![1]));
-        let max = 10i128.pow(38) - 1;
-        assert_eq!(numeric_send(max, 0).0, 10);
-    }
-
-    #[test]
-    fn numeric_binary_round_trips() {
+        assert_eq!(numeric_send(10i128.pow(38) - 1, 0).0, 10);
+        // And back through numeric_recv.
         let values = [
             0i128,
             1,
@@ -1444,333 +1386,189 @@ mod tests {
             1250,
             -99_999,
             10i128.pow(37),
-            -(10i128.pow(38) - 1),
+            1 - 10i128.pow(38),
             5,
         ];
         for v in values {
             for s in [0i8, 2, 4, 5, 10, 38] {
-                let a = Decimal128Array::from(vec![v])
-                    .with_precision_and_scale(38, s)
-                    .unwrap();
-                let back = decode_param(oid::NUMERIC, 1, &binary(&a, 0)).unwrap();
-                assert_eq!(
-                    back,
-                    ScalarValue::Decimal128(Some(v), 38, s),
-                    "{v} scale {s}"
-                );
+                let b = binary(&dec_array(v, 38, s), 0);
+                assert_eq!(p(oid::NUMERIC, 1, &b), Ok(dec(v, s)), "{v} scale {s}");
             }
         }
-        // dscale hides digits: truncated, as numeric_recv does. 1.2345 with dscale 2.
-        let bytes = [0, 2, 0, 0, 0, 0, 0, 2, 0, 1, 0x09, 0x29];
-        assert_eq!(
-            param_bin(oid::NUMERIC, &bytes),
-            Ok(ScalarValue::Decimal128(Some(123), 38, 2))
-        );
-    }
-
-    fn param_bin(oid: u32, b: &[u8]) -> Result<ScalarValue, PgTypeError> {
-        decode_param(oid, 1, b)
+        // Digits hidden by dscale are truncated, as numeric_recv does: 1.2345, dscale 2.
+        let b = [0, 2, 0, 0, 0, 0, 0, 2, 0, 1, 0x09, 0x29];
+        assert_eq!(p(oid::NUMERIC, 1, &b), Ok(dec(123, 2)));
     }
 
     #[test]
+    #[rustfmt::skip]
     fn text_params() {
-        for t in ["t", "TRUE", "tr", " yes ", "on", "1", "Y"] {
-            assert_eq!(
-                param(oid::BOOL, t),
-                Ok(ScalarValue::Boolean(Some(true))),
-                "{t}"
-            );
+        use oid::*;
+        let cases: Vec<(u32, &str, Result<S, &str>)> = vec![
+            (BOOL, "t", Ok(S::Boolean(Some(true)))), (BOOL, "TRUE", Ok(S::Boolean(Some(true)))),
+            (BOOL, " yes ", Ok(S::Boolean(Some(true)))), (BOOL, "on", Ok(S::Boolean(Some(true)))),
+            (BOOL, "1", Ok(S::Boolean(Some(true)))), (BOOL, "tr", Ok(S::Boolean(Some(true)))),
+            (BOOL, "f", Ok(S::Boolean(Some(false)))), (BOOL, "off", Ok(S::Boolean(Some(false)))),
+            (BOOL, "No", Ok(S::Boolean(Some(false)))), (BOOL, "0", Ok(S::Boolean(Some(false)))),
+            (BOOL, "o", Err("22P02")), (BOOL, "truex", Err("22P02")),
+            (INT4, " -42 ", Ok(S::Int32(Some(-42)))), (INT2, "-32768", Ok(S::Int16(Some(-32768)))),
+            (INT8, "+9223372036854775807", Ok(S::Int64(Some(i64::MAX)))),
+            (INT2, "32768", Err("22003")), (INT8, "-9223372036854775809", Err("22003")),
+            (INT4, "99999999999999999999999999999999", Err("22003")),
+            (INT4, "", Err("22P02")), (INT4, "-", Err("22P02")), (INT4, "1.0", Err("22P02")),
+            (INT4, "1e3", Err("22P02")), (INT4, "0x10", Err("22P02")), (INT4, "1 2", Err("22P02")),
+            (FLOAT8, " 1.5e3", Ok(S::Float64(Some(1500.0)))), (FLOAT8, ".5", Ok(S::Float64(Some(0.5)))),
+            (FLOAT8, "1.", Ok(S::Float64(Some(1.0)))), (FLOAT4, "-2.5", Ok(S::Float32(Some(-2.5)))),
+            (FLOAT8, "-Infinity", Ok(S::Float64(Some(f64::NEG_INFINITY)))),
+            (FLOAT8, "1e400", Err("22003")), (FLOAT8, "1e-400", Err("22003")), (FLOAT4, "1e40", Err("22003")),
+            (FLOAT8, "1.5x", Err("22P02")), (FLOAT8, "infinityx", Err("22P02")), (FLOAT8, "0x1p3", Err("22P02")),
+            (NUMERIC, "12.50", Ok(dec(1250, 2))), (NUMERIC, "-0.001", Ok(dec(-1, 3))),
+            (NUMERIC, "1.5e3", Ok(dec(1500, 0))), (NUMERIC, "5.", Ok(dec(5, 0))),
+            (NUMERIC, " +0.00e1 ", Ok(dec(0, 1))), (NUMERIC, "1e-38", Ok(dec(1, 38))),
+            (NUMERIC, "1e38", Err("22003")), (NUMERIC, "1e-39", Err("22003")),
+            (NUMERIC, "NaN", Err("0A000")), (NUMERIC, "1.2.3", Err("22P02")), (NUMERIC, "e5", Err("22P02")),
+            (BYTEA, "\\x0a0B ff", Ok(S::Binary(Some(vec![10, 11, 255])))), (BYTEA, "\\x", Ok(S::Binary(Some(vec![])))),
+            (BYTEA, "a\\\\b\\001", Ok(S::Binary(Some(b"a\\b\x01".to_vec())))),
+            (BYTEA, "\\xzz", Err("22P02")), (BYTEA, "\\x123", Err("22P02")), (BYTEA, "\\9", Err("22P02")),
+            (VARCHAR, "x", Ok(S::Utf8(Some("x".into())))), (0, "42", Ok(S::Utf8(Some("42".into())))),
+            (99_999, "?", Ok(S::Utf8(Some("?".into())))),
+        ];
+        for (oid, input, want) in cases {
+            assert_eq!(tp(oid, input), want, "{oid} {input:?}");
         }
-        for f in ["f", "false", "no", "off", "of", "0", "N"] {
-            assert_eq!(
-                param(oid::BOOL, f),
-                Ok(ScalarValue::Boolean(Some(false))),
-                "{f}"
-            );
-        }
-        assert_eq!(code(param(oid::BOOL, "o")), "22P02");
-        assert_eq!(param(oid::INT4, " -42 "), Ok(ScalarValue::Int32(Some(-42))));
-        assert_eq!(
-            param(oid::INT2, "-32768"),
-            Ok(ScalarValue::Int16(Some(-32768)))
-        );
-        assert_eq!(
-            param(oid::INT8, "+9223372036854775807"),
-            Ok(ScalarValue::Int64(Some(i64::MAX)))
-        );
-        let e = param(oid::INT4, "abc").unwrap_err();
-        assert_eq!(
-            (e.sqlstate(), e.message()),
-            ("22P02", "invalid input syntax for type integer: \"abc\"")
-        );
-        let e = param(oid::INT2, "99999").unwrap_err();
-        assert_eq!(
-            (e.sqlstate(), e.message()),
-            ("22003", "value \"99999\" is out of range for type smallint")
-        );
-        assert_eq!(
-            code(param(oid::INT8, "99999999999999999999999999999")),
-            "22003"
-        );
-        for bad in ["", "-", "1.0", "1e3", "0x10", "1 2"] {
-            assert_eq!(code(param(oid::INT4, bad)), "22P02", "{bad}");
-        }
-        assert_eq!(
-            param(oid::FLOAT8, " 1.5e3"),
-            Ok(ScalarValue::Float64(Some(1500.0)))
-        );
-        assert_eq!(
-            param(oid::FLOAT8, ".5"),
-            Ok(ScalarValue::Float64(Some(0.5)))
-        );
-        assert_eq!(
-            param(oid::FLOAT8, "-Infinity"),
-            Ok(ScalarValue::Float64(Some(f64::NEG_INFINITY)))
-        );
-        assert!(
-            matches!(param(oid::FLOAT4, "NaN"), Ok(ScalarValue::Float32(Some(v))) if v.is_nan())
-        );
-        let e = param(oid::FLOAT8, "1e400").unwrap_err();
-        assert_eq!(
-            (e.sqlstate(), e.message()),
+        assert!(matches!(tp(FLOAT4, "NaN"), Ok(S::Float32(Some(v))) if v.is_nan()));
+        assert_eq!(tp(NUMERIC, &"9".repeat(39)), Err("22003"));
+        assert_eq!(p(TEXT, 0, &[b'a', 0xff]), Err("22021"));
+        assert_eq!(p(TEXT, 0, b"a\0"), Err("22021"));
+        assert_eq!(p(TEXT, 2, b"a"), Err("22023"));
+    }
+
+    #[test]
+    fn error_messages_match_postgres() {
+        let msg = |oid: u32, s: &str| decode_param(oid, 0, s.as_bytes()).unwrap_err().to_string();
+        let cases = [
             (
-                "22003",
-                "\"1e400\" is out of range for type double precision"
-            )
-        );
-        assert_eq!(code(param(oid::FLOAT8, "1e-400")), "22003");
-        assert_eq!(code(param(oid::FLOAT4, "1e40")), "22003");
-        assert_eq!(code(param(oid::FLOAT8, "1.5x")), "22P02");
-        assert_eq!(code(param(oid::FLOAT8, "infinityx")), "22P02");
+                oid::INT4,
+                "abc",
+                "invalid input syntax for type integer: \"abc\"",
+            ),
+            (
+                oid::INT2,
+                "99999",
+                "value \"99999\" is out of range for type smallint",
+            ),
+            (
+                oid::FLOAT8,
+                "1e400",
+                "\"1e400\" is out of range for type double precision",
+            ),
+            (
+                oid::BOOL,
+                "o",
+                "invalid input syntax for type boolean: \"o\"",
+            ),
+            (
+                oid::DATE,
+                "abc",
+                "invalid input syntax for type date: \"abc\"",
+            ),
+            (
+                oid::DATE,
+                "2024-13-01",
+                "date/time field value out of range: \"2024-13-01\"",
+            ),
+            (oid::BYTEA, "\\xzz", "invalid hexadecimal digit: \"z\""),
+            (
+                oid::BYTEA,
+                "\\x1",
+                "invalid hexadecimal data: odd number of digits",
+            ),
+            (oid::BYTEA, "\\9", "invalid input syntax for type bytea"),
+        ];
+        for (oid, input, want) in cases {
+            assert_eq!(msg(oid, input), want);
+        }
+        let e = decode_param(oid::TEXT, 0, &[0xff]).unwrap_err();
         assert_eq!(
-            param(oid::NUMERIC, "12.50"),
-            Ok(ScalarValue::Decimal128(Some(1250), 38, 2))
+            e.message(),
+            "invalid byte sequence for encoding \"UTF8\": 0xff"
         );
-        assert_eq!(
-            param(oid::NUMERIC, "-0.001"),
-            Ok(ScalarValue::Decimal128(Some(-1), 38, 3))
-        );
-        assert_eq!(
-            param(oid::NUMERIC, "1.5e3"),
-            Ok(ScalarValue::Decimal128(Some(1500), 38, 0))
-        );
-        assert_eq!(
-            param(oid::NUMERIC, "5."),
-            Ok(ScalarValue::Decimal128(Some(5), 38, 0))
-        );
-        assert_eq!(
-            param(oid::NUMERIC, "0.00e1"),
-            Ok(ScalarValue::Decimal128(Some(0), 38, 1))
-        );
-        assert_eq!(code(param(oid::NUMERIC, "1e39")), "22003");
-        assert_eq!(code(param(oid::NUMERIC, &"9".repeat(39))), "22003");
-        assert_eq!(code(param(oid::NUMERIC, "NaN")), "0A000");
-        assert_eq!(code(param(oid::NUMERIC, "1.2.3")), "22P02");
-        assert_eq!(
-            param(oid::BYTEA, "\\x0a0B ff"),
-            Ok(ScalarValue::Binary(Some(vec![10, 11, 255])))
-        );
-        assert_eq!(
-            param(oid::BYTEA, "a\\\\b\\001"),
-            Ok(ScalarValue::Binary(Some(b"a\\b\x01".to_vec())))
-        );
-        assert_eq!(
-            param(oid::BYTEA, "\\xzz").unwrap_err().message(),
-            "invalid hexadecimal digit: \"z\""
-        );
-        assert_eq!(code(param(oid::BYTEA, "\\x123")), "22P02");
-        assert_eq!(code(param(oid::BYTEA, "\\9")), "22P02");
-        assert_eq!(
-            param(oid::VARCHAR, "x"),
-            Ok(ScalarValue::Utf8(Some("x".into())))
-        );
-        assert_eq!(param(0, "42"), Ok(ScalarValue::Utf8(Some("42".into()))));
-        assert_eq!(param(99_999, "?"), Ok(ScalarValue::Utf8(Some("?".into()))));
-        assert_eq!(code(decode_param(oid::TEXT, 0, &[0xff])), "22021");
-        assert_eq!(code(decode_param(oid::TEXT, 0, b"a\0")), "22021");
-        assert_eq!(code(decode_param(oid::TEXT, 2, b"a")), "22023");
     }
 
-    fn ts_param(oid: u32, s: &str) -> Result<i64, PgTypeError> {
-        match param(oid, s)? {
-            ScalarValue::TimestampMicrosecond(Some(v), _) => Ok(v),
-            ScalarValue::Date32(Some(d)) => Ok(d.into()),
-            other => panic!("{other:?}"),
+    #[test]
+    #[rustfmt::skip]
+    fn datetime_params() {
+        use oid::*;
+        let base = 1_705_314_600_000_000; // 2024-01-15 10:30:00 UTC
+        let cases: Vec<(u32, &str, Result<S, &str>)> = vec![
+            (DATE, "2024-01-15", Ok(S::Date32(Some(19737)))), (DATE, " 2024-1-5 ", Ok(S::Date32(Some(19727)))),
+            (DATE, "0044-03-15 BC", Ok(S::Date32(Some(-735_160)))), (DATE, "2024-01-15 10:00", Ok(S::Date32(Some(19737)))),
+            (DATE, "2024-02-29", Ok(S::Date32(Some(19782)))), (DATE, "infinity", Ok(S::Date32(Some(i32::MAX)))),
+            (DATE, "-infinity", Ok(S::Date32(Some(i32::MIN)))), (DATE, "epoch", Ok(S::Date32(Some(0)))),
+            (DATE, "2023-02-29", Err("22008")), (DATE, "2024-13-01", Err("22008")), (DATE, "0000-01-01", Err("22008")),
+            (DATE, "5874898-01-01", Err("22008")), (DATE, "abc", Err("22007")), (DATE, "2024-01", Err("22007")),
+            (TIMESTAMP, "2024-01-15 10:30:00", Ok(ts(base))), (TIMESTAMP, "2024-01-15T10:30", Ok(ts(base))),
+            (TIMESTAMP, "2024-01-15 10:30:00.123456", Ok(ts(base + 123_456))),
+            // PostgreSQL rounds the fraction as rint(strtod(".1234565") * 1e6) = 123456.
+            (TIMESTAMP, "2024-01-15 10:30:00.1234565", Ok(ts(base + 123_456))),
+            (TIMESTAMP, "2024-01-15 10:30:00.9999999", Ok(ts(base + 1_000_000))),
+            (TIMESTAMP, "2024-01-15", Ok(ts(1_705_276_800_000_000))), (TIMESTAMP, "2024-01-14 24:00:00", Ok(ts(1_705_276_800_000_000))),
+            (TIMESTAMP, "2024-01-15 10:30:00+02", Ok(ts(base))), // the zone is ignored, as PostgreSQL does
+            (TIMESTAMP, "0044-03-15 10:30:00 BC", Ok(ts(-63_517_786_200_000_000))),
+            (TIMESTAMP, "2024-01-15 25:00:00", Err("22008")), (TIMESTAMP, "2024-01-15 10:60", Err("22008")),
+            (TIMESTAMP, "2024-01-15 24:00:01", Err("22008")), (TIMESTAMP, "4714-11-23 BC", Err("22008")),
+            (TIMESTAMP, "2024-01-15 10:30:00.", Err("22007")), (TIMESTAMP, "2024-01-15 10", Err("22007")),
+            (TIMESTAMP, "2024-01-15 10:30 xyz", Err("22007")), (TIMESTAMP, "2024-01-15x", Err("22007")),
+            (TIMESTAMPTZ, "2024-01-15 10:30:00", Ok(tstz(base))), (TIMESTAMPTZ, "2024-01-15T10:30:00Z", Ok(tstz(base))),
+            (TIMESTAMPTZ, "2024-01-15 10:30:00 UTC", Ok(tstz(base))), (TIMESTAMPTZ, "2024-01-15 12:30:00+02", Ok(tstz(base))),
+            (TIMESTAMPTZ, "2024-01-15 12:30:00+02:00", Ok(tstz(base))), (TIMESTAMPTZ, "2024-01-15 16:00 +0530", Ok(tstz(base))),
+            (TIMESTAMPTZ, "2024-01-15 05:00:00-05:30", Ok(tstz(base))), (TIMESTAMPTZ, "2024-01-15 10:00+16", Err("22008")),
+        ];
+        for (oid, input, want) in cases {
+            assert_eq!(tp(oid, input), want, "{input:?}");
         }
     }
 
     #[test]
-    fn datetime_params() {
-        let d = |s| ts_param(oid::DATE, s);
-        assert_eq!(d("2024-01-15"), Ok(19737));
-        assert_eq!(d(" 2024-1-5 "), Ok(19727));
-        assert_eq!(d("0044-03-15 BC"), Ok(-735_160));
-        assert_eq!(d("2024-01-15 10:00"), Ok(19737));
-        assert_eq!(d("infinity"), Ok(i32::MAX.into()));
-        assert_eq!(d("-infinity"), Ok(i32::MIN.into()));
-        assert_eq!(d("2024-02-29"), Ok(19782));
-        assert_eq!(code(param(oid::DATE, "2023-02-29")), "22008");
-        assert_eq!(code(param(oid::DATE, "2024-13-01")), "22008");
-        assert_eq!(code(param(oid::DATE, "0000-01-01")), "22008");
-        assert_eq!(code(param(oid::DATE, "5874898-01-01")), "22008");
-        let e = param(oid::DATE, "abc").unwrap_err();
-        assert_eq!(
-            (e.sqlstate(), e.message()),
-            ("22007", "invalid input syntax for type date: \"abc\"")
-        );
-        let t = |s| ts_param(oid::TIMESTAMP, s);
-        assert_eq!(t("2024-01-15 10:30:00"), Ok(1_705_314_600_000_000));
-        assert_eq!(t("2024-01-15T10:30:00.123456"), Ok(1_705_314_600_123_456));
-        assert_eq!(t("2024-01-15 10:30"), Ok(1_705_314_600_000_000));
-        assert_eq!(t("2024-01-15"), Ok(1_705_276_800_000_000));
-        // Rounded like PostgreSQL: rint(strtod(".1234565") * 1e6) = 123456.
-        assert_eq!(t("2024-01-15 10:30:00.1234565"), Ok(1_705_314_600_123_456));
-        assert_eq!(t("2024-01-15 10:30:00.9999999"), Ok(1_705_314_601_000_000));
-        assert_eq!(t("2024-01-15 24:00:00"), t("2024-01-16"));
-        assert_eq!(
-            t("2024-01-15 10:30:00+02"),
-            t("2024-01-15 10:30:00"),
-            "zone ignored"
-        );
-        assert_eq!(t("0044-03-15 10:30:00 BC"), Ok(-63_517_786_200_000_000));
-        assert_eq!(t("epoch"), Ok(0));
-        assert_eq!(code(param(oid::TIMESTAMP, "2024-01-15 25:00:00")), "22008");
-        assert_eq!(code(param(oid::TIMESTAMP, "2024-01-15 10:60")), "22008");
-        assert_eq!(code(param(oid::TIMESTAMP, "2024-01-15 10:30:00.")), "22007");
-        assert_eq!(code(param(oid::TIMESTAMP, "2024-01-15 10")), "22007");
-        assert_eq!(code(param(oid::TIMESTAMP, "2024-01-15 10:30 xyz")), "22007");
-        assert_eq!(code(param(oid::TIMESTAMP, "4714-11-23 BC")), "22008");
-        let tz = |s| ts_param(oid::TIMESTAMPTZ, s);
-        let base = 1_705_314_600_000_000;
-        assert_eq!(tz("2024-01-15 10:30:00"), Ok(base));
-        assert_eq!(tz("2024-01-15T10:30:00Z"), Ok(base));
-        assert_eq!(tz("2024-01-15 10:30:00 UTC"), Ok(base));
-        assert_eq!(tz("2024-01-15 12:30:00+02"), Ok(base));
-        assert_eq!(tz("2024-01-15 12:30:00+02:00"), Ok(base));
-        assert_eq!(tz("2024-01-15 16:00:00 +0530"), Ok(base));
-        assert_eq!(tz("2024-01-15 05:00:00-05:30"), Ok(base));
-        assert_eq!(
-            code(param(oid::TIMESTAMPTZ, "2024-01-15 10:00+16")),
-            "22008"
-        );
-        assert!(matches!(
-            param(oid::TIMESTAMPTZ, "2024-01-15"),
-            Ok(ScalarValue::TimestampMicrosecond(Some(_), Some(z))) if &*z == UTC_TZ
-        ));
-    }
-
-    #[test]
+    #[rustfmt::skip]
     fn binary_params() {
-        assert_eq!(
-            param_bin(oid::BOOL, &[1]),
-            Ok(ScalarValue::Boolean(Some(true)))
-        );
-        assert_eq!(
-            param_bin(oid::INT2, &[0xff, 0xfe]),
-            Ok(ScalarValue::Int16(Some(-2)))
-        );
-        assert_eq!(
-            param_bin(oid::INT4, &[0, 0, 1, 2]),
-            Ok(ScalarValue::Int32(Some(258)))
-        );
-        assert_eq!(
-            param_bin(oid::INT8, &7i64.to_be_bytes()),
-            Ok(ScalarValue::Int64(Some(7)))
-        );
-        assert_eq!(
-            param_bin(oid::FLOAT4, &1.5f32.to_be_bytes()),
-            Ok(ScalarValue::Float32(Some(1.5)))
-        );
-        assert_eq!(
-            param_bin(oid::FLOAT8, &1.5f64.to_be_bytes()),
-            Ok(ScalarValue::Float64(Some(1.5)))
-        );
-        assert_eq!(
-            param_bin(oid::TEXT, b"hi"),
-            Ok(ScalarValue::Utf8(Some("hi".into())))
-        );
-        assert_eq!(
-            param_bin(oid::JSONB, b"\x01{}"),
-            Ok(ScalarValue::Utf8(Some("{}".into())))
-        );
-        assert_eq!(
-            param_bin(oid::BYTEA, &[0, 255]),
-            Ok(ScalarValue::Binary(Some(vec![0, 255])))
-        );
-        assert_eq!(
-            param_bin(oid::DATE, &[0, 0, 0, 0]),
-            Ok(ScalarValue::Date32(Some(10_957)))
-        );
-        assert_eq!(
-            param_bin(oid::DATE, &i32::MAX.to_be_bytes()),
-            Ok(ScalarValue::Date32(Some(i32::MAX)))
-        );
-        assert_eq!(
-            code(param_bin(oid::DATE, &(i32::MAX - 1).to_be_bytes())),
-            "22008"
-        );
-        assert_eq!(
-            param_bin(oid::TIMESTAMP, &1i64.to_be_bytes()),
-            Ok(ScalarValue::TimestampMicrosecond(
-                Some(946_684_800_000_001),
-                None
-            ))
-        );
-        assert_eq!(
-            param_bin(oid::TIMESTAMPTZ, &0i64.to_be_bytes()),
-            Ok(ScalarValue::TimestampMicrosecond(
-                Some(946_684_800_000_000),
-                Some(UTC_TZ.into())
-            ))
-        );
-        assert_eq!(
-            code(param_bin(oid::TIMESTAMP, &(i64::MAX - 1).to_be_bytes())),
-            "22008"
-        );
-        // Wrong lengths: short is a protocol violation, long an invalid representation.
-        assert_eq!(code(param_bin(oid::INT4, &[0, 0, 1])), "08P01");
-        assert_eq!(code(param_bin(oid::INT4, &[0; 8])), "22P03");
-        assert_eq!(code(param_bin(oid::BOOL, &[])), "08P01");
-        assert_eq!(code(param_bin(oid::NUMERIC, &[0, 1, 0, 0])), "08P01");
-        assert_eq!(
-            code(param_bin(oid::NUMERIC, &[0, 1, 0, 0, 0, 0, 0, 0])),
-            "08P01"
-        );
-        assert_eq!(
-            code(param_bin(oid::NUMERIC, &[0, 0, 0, 0, 0, 0, 0, 0, 0])),
-            "22P03"
-        );
-        assert_eq!(
-            code(param_bin(oid::NUMERIC, &[0, 0, 0, 0, 0xC0, 0, 0, 0])),
-            "0A000"
-        );
-        assert_eq!(
-            code(param_bin(oid::NUMERIC, &[0, 0, 0, 0, 0x12, 0, 0, 0])),
-            "22P03"
-        );
-        assert_eq!(
-            code(param_bin(
-                oid::NUMERIC,
-                &[0, 1, 0, 0, 0, 0, 0, 0, 0x27, 0x10]
-            )),
-            "22P03"
-        );
-        assert_eq!(
-            code(param_bin(oid::NUMERIC, &[0, 1, 0, 10, 0, 0, 0, 0, 0, 1])),
-            "22003"
-        );
-        assert_eq!(code(param_bin(oid::TEXT, &[0xC3])), "22021");
-        assert_eq!(code(param_bin(oid::JSONB, b"\x02{}")), "22P03");
-        assert_eq!(code(param_bin(2950, &[0; 16])), "42883");
+        use oid::*;
+        let cases: Vec<(u32, &[u8], Result<S, &str>)> = vec![
+            (BOOL, &[1], Ok(S::Boolean(Some(true)))), (BOOL, &[0], Ok(S::Boolean(Some(false)))),
+            (INT2, &[0xff, 0xfe], Ok(S::Int16(Some(-2)))), (INT4, &[0, 0, 1, 2], Ok(S::Int32(Some(258)))),
+            (INT8, &[0, 0, 0, 0, 0, 0, 0, 7], Ok(S::Int64(Some(7)))),
+            (FLOAT4, &[0x3f, 0xc0, 0, 0], Ok(S::Float32(Some(1.5)))),
+            (FLOAT8, &[0x3f, 0xf8, 0, 0, 0, 0, 0, 0], Ok(S::Float64(Some(1.5)))),
+            (TEXT, b"hi", Ok(S::Utf8(Some("hi".into())))), (UNSPECIFIED, b"", Ok(S::Utf8(Some("".into())))),
+            (JSONB, b"\x01{}", Ok(S::Utf8(Some("{}".into())))), (BYTEA, &[0, 255], Ok(S::Binary(Some(vec![0, 255])))),
+            (DATE, &[0, 0, 0, 0], Ok(S::Date32(Some(10_957)))), (DATE, &[0x7f, 0xff, 0xff, 0xff], Ok(S::Date32(Some(i32::MAX)))),
+            (DATE, &[0x7f, 0xff, 0xff, 0xfe], Err("22008")),
+            (TIMESTAMP, &[0, 0, 0, 0, 0, 0, 0, 1], Ok(ts(946_684_800_000_001))),
+            (TIMESTAMPTZ, &[0; 8], Ok(tstz(946_684_800_000_000))),
+            (TIMESTAMP, &[0x80, 0, 0, 0, 0, 0, 0, 0], Ok(ts(i64::MIN))),
+            (TIMESTAMP, &[0x7f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xfe], Err("22008")),
+            // Too short is a protocol violation, too long an invalid binary representation.
+            (INT4, &[0, 0, 1], Err("08P01")), (INT4, &[0; 8], Err("22P03")), (BOOL, &[], Err("08P01")),
+            (NUMERIC, &[0, 1, 0, 0], Err("08P01")), (NUMERIC, &[0, 1, 0, 0, 0, 0, 0, 0], Err("08P01")),
+            (NUMERIC, &[0, 0, 0, 0, 0, 0, 0, 0, 0], Err("22P03")), (NUMERIC, &[0, 0, 0, 0, 0xC0, 0, 0, 0], Err("0A000")),
+            (NUMERIC, &[0, 0, 0, 0, 0x12, 0, 0, 0], Err("22P03")), (NUMERIC, &[0xff, 0xff, 0, 0, 0, 0, 0, 0], Err("22P03")),
+            (NUMERIC, &[0, 1, 0, 0, 0, 0, 0, 0, 0x27, 0x10], Err("22P03")),
+            (NUMERIC, &[0, 1, 0, 10, 0, 0, 0, 0, 0, 1], Err("22003")),
+            (TEXT, &[0xC3], Err("22021")), (JSONB, b"\x02{}", Err("22P03")), (2950, &[0; 16], Err("42883")),
+        ];
+        for (oid, bytes, want) in cases {
+            assert_eq!(p(oid, 1, bytes), want, "{oid} {bytes:?}");
+        }
     }
 
     #[test]
-    fn corrupt_binary_params_never_panic() {
+    fn garbage_params_never_panic() {
         let mut seed: u32 = 12345;
-        for oid in [
+        let oids = [
             16, 17, 20, 21, 23, 25, 700, 701, 1082, 1114, 1184, 1700, 3802,
-        ] {
-            for len in 0..24 {
+        ];
+        for oid in oids {
+            for len in 0..40 {
                 let bytes: Vec<u8> = (0..len)
                     .map(|_| {
                         seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12345);
@@ -1779,30 +1577,25 @@ mod tests {
                     .collect();
                 let _ = decode_param(oid, 1, &bytes);
                 let _ = decode_param(oid, 0, &bytes);
+                let printable: String = bytes
+                    .iter()
+                    .map(|b| char::from(b"0123456789-+:. TZe"[*b as usize % 18]))
+                    .collect();
+                let _ = decode_param(oid, 0, printable.as_bytes());
             }
         }
     }
 
     #[test]
     fn text_output_round_trips_through_params() {
-        let days = Date32Array::from(vec![19737, -735_160, 0, i32::MAX]);
-        for row in 0..days.len() {
-            let back = param(oid::DATE, &text(&days, row)).unwrap();
-            assert_eq!(back, ScalarValue::Date32(Some(days.value(row))));
+        let days = Date32Array::from(vec![19737, -735_160, 0, i32::MAX, -2_440_588]);
+        for (row, d) in days.values().iter().enumerate() {
+            assert_eq!(tp(oid::DATE, &text(&days, row)), Ok(S::Date32(Some(*d))));
         }
-        let ts = TimestampMicrosecondArray::from(vec![
-            1,
-            -63_517_786_200_000_001,
-            1_705_314_600_123_450,
-        ])
-        .with_timezone("+00:00");
-        for row in 0..ts.len() {
-            let back = param(oid::TIMESTAMPTZ, &text(&ts, row)).unwrap();
-            assert_eq!(
-                back,
-                ScalarValue::TimestampMicrosecond(Some(ts.value(row)), Some(UTC_TZ.into()))
-            );
+        let micros = vec![1, -63_517_786_200_000_001, 1_705_314_600_123_450, i64::MIN];
+        let stamps = TimestampMicrosecondArray::from(micros).with_timezone("+00:00");
+        for (row, v) in stamps.values().iter().enumerate() {
+            assert_eq!(tp(oid::TIMESTAMPTZ, &text(&stamps, row)), Ok(tstz(*v)));
         }
-        let _: ArrayRef = Arc::new(days);
     }
 }

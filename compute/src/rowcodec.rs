@@ -435,7 +435,15 @@ pub fn encode_row(values: &[ScalarValue], out: &mut Vec<u8>) -> Result<(), Codec
             S::Binary(Some(b)) | S::LargeBinary(Some(b)) | S::BinaryView(Some(b)) => {
                 put_bytes(out, TAG_BYTES, b)
             }
-            S::Decimal128(Some(d), _, scale) => {
+            S::Decimal128(Some(d), precision, scale) => {
+                let limit = 10u128
+                    .checked_pow(u32::from(*precision))
+                    .unwrap_or(MAX_DECIMAL);
+                if d.unsigned_abs() >= limit.min(MAX_DECIMAL) {
+                    return Err(CodecError::Unsupported(format!(
+                        "numeric value {d} (scale {scale}) does not fit precision {precision}"
+                    )));
+                }
                 out.push(TAG_DECIMAL);
                 out.push(*scale as u8);
                 put_varint(out, zigzag(*d));
@@ -531,16 +539,8 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// 10^i for i in 0..=38, to check decimal precision.
-const POW10: [i128; 39] = {
-    let mut t = [1i128; 39];
-    let mut i = 1;
-    while i < 39 {
-        t[i] = t[i - 1] * 10;
-        i += 1;
-    }
-    t
-};
+/// 10^38: Decimal128 holds at most 38 digits.
+const MAX_DECIMAL: u128 = 10u128.pow(38);
 
 /// Validates `bytes` against `types` and pushes one [`Cell`] per type into `cells` (cleared
 /// first). Missing trailing values decode as NULL; extra values are an error.
@@ -595,7 +595,7 @@ fn parse_row(types: &[ColumnType], bytes: &[u8], cells: &mut Vec<Cell>) -> Resul
                 let (s, e) = r.take(usize::try_from(len).unwrap_or(usize::MAX))?;
                 Cell::Bytes(s, e)
             }
-            (TAG_DECIMAL, ColumnType::Numeric { precision, scale }) => {
+            (TAG_DECIMAL, ColumnType::Numeric { scale, .. }) => {
                 let stored_scale = r.byte()? as i8;
                 if stored_scale != *scale {
                     return Err(CodecError::TypeMismatch {
@@ -603,11 +603,13 @@ fn parse_row(types: &[ColumnType], bytes: &[u8], cells: &mut Vec<Cell>) -> Resul
                         found: format!("numeric with scale {stored_scale}"),
                     });
                 }
+                // Only Decimal128's own limit is enforced here: a value beyond the column's
+                // precision is a constraint problem of whoever wrote it, and refusing it on read
+                // would make the row unreadable.
                 let v = unzigzag(r.varint(128)?);
-                let limit = POW10[usize::from((*precision).min(MAX_NUMERIC_PRECISION))];
-                if v >= limit || v <= -limit {
+                if v.unsigned_abs() >= MAX_DECIMAL {
                     return Err(CodecError::Corrupt(format!(
-                        "decimal {v} exceeds precision {precision}"
+                        "decimal {v} exceeds 38 digits"
                     )));
                 }
                 Cell::Dec(v)

@@ -85,6 +85,7 @@ pub struct Session {
     /// Notices raised by the last statement, for the client.
     notices: Vec<SqlError>,
     pub user: String,
+    pub database: String,
 }
 
 fn ident_name(ident: &Ident) -> String {
@@ -315,7 +316,7 @@ fn value_error(column: &ColumnDef, error: impl std::fmt::Display) -> SqlError {
 }
 
 impl Session {
-    pub fn new(engine: Arc<Engine>, user: String) -> Session {
+    pub fn new(engine: Arc<Engine>, user: String, database: String) -> Session {
         let settings = default_settings()
             .into_iter()
             .map(|(k, v)| (k.to_lowercase(), v.to_string()))
@@ -329,6 +330,7 @@ impl Session {
             settings,
             notices: Vec::new(),
             user,
+            database,
         }
     }
 
@@ -472,6 +474,7 @@ impl Session {
             .with_information_schema(false);
         config.options_mut().sql_parser.parse_float_as_decimal = true;
         let ctx = SessionContext::new_with_config_rt(config, self.runtime.clone());
+        crate::pgcompat::register_functions(&ctx, &self.database);
         let client = self.engine.pageserver.clone();
         let txn = self.txn();
         for (name, def) in &txn.catalog.tables {

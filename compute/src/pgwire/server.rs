@@ -115,7 +115,11 @@ pub async fn serve_connection(stream: TcpStream, engine: Arc<Engine>) {
     let user = param("user").unwrap_or_else(|| "omendb".into());
     let mut conn = Connection {
         out: BackendBuffer::new(),
-        session: Session::new(engine, user.clone()),
+        session: Session::new(
+            engine,
+            user.clone(),
+            param("database").unwrap_or_else(|| user.clone()),
+        ),
         statements: HashMap::new(),
         portals: HashMap::new(),
     };

@@ -22,6 +22,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 pub const FRAME_VERSION: u8 = 1;
 /// The largest frame any internal protocol sends: a WAL chunk or a batch of rows.
 pub const FRAME_BYTES_MAX: usize = 64 << 20;
+/// Bytes read from the socket at a time while a frame arrives.
+const READ_CHUNK_BYTES: usize = 256 << 10;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WireError {
@@ -64,8 +66,19 @@ pub async fn read_frame<R: AsyncRead + Unpin>(reader: &mut R) -> Result<Option<B
             max: FRAME_BYTES_MAX,
         });
     }
-    let mut body = BytesMut::zeroed(len);
-    reader.read_exact(&mut body).await?;
+    // Grow the buffer as bytes arrive, so a peer that announces a large frame and stalls
+    // costs no memory.
+    let mut body = BytesMut::with_capacity(len.min(READ_CHUNK_BYTES));
+    while body.len() < len {
+        let want = (len - body.len()).min(READ_CHUNK_BYTES);
+        let start = body.len();
+        body.resize(start + want, 0);
+        let n = reader.read(&mut body[start..]).await?;
+        body.truncate(start + n);
+        if n == 0 {
+            return Err(WireError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+        }
+    }
     let actual = crc32c::crc32c(&body);
     if actual != crc {
         return Err(WireError::Checksum {

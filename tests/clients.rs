@@ -1,0 +1,48 @@
+//! What drivers and tools read from the server on connect: `version()`, the session
+//! functions, and the settings they `SHOW`.
+
+mod support;
+
+use support::cluster::Cluster;
+use tokio_postgres::NoTls;
+
+#[test]
+fn session_functions_and_settings_answer_like_postgresql() {
+    let cluster = Cluster::start("clients");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let (client, connection) = tokio_postgres::connect(&cluster.url(), NoTls).await.unwrap();
+        tokio::spawn(connection);
+        let version: String = client.query_one("SELECT version()", &[]).await.unwrap().get(0);
+        assert!(version.starts_with("PostgreSQL 15."), "{version}");
+        let row = client.query_one("SELECT current_database(), current_schema()", &[]).await.unwrap();
+        assert_eq!(row.get::<_, String>(0), "omendb");
+        assert_eq!(row.get::<_, String>(1), "public");
+        for (setting, expected) in [
+            ("server_version", "15.0"),
+            ("server_encoding", "UTF8"),
+            ("client_encoding", "UTF8"),
+            ("DateStyle", "ISO, MDY"),
+            ("TimeZone", "UTC"),
+            ("integer_datetimes", "on"),
+            ("standard_conforming_strings", "on"),
+        ] {
+            let rows = client.simple_query(&format!("SHOW {setting}")).await.unwrap();
+            let value = rows.iter().find_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).map(str::to_string),
+                _ => None,
+            });
+            assert_eq!(value.as_deref(), Some(expected), "SHOW {setting}");
+        }
+        let err = client.simple_query("SHOW no_such_setting").await.unwrap_err();
+        assert_eq!(err.code().unwrap().code(), "42704");
+        // SET is accepted and SHOW reads it back.
+        client.simple_query("SET application_name = 'omendb-test'").await.unwrap();
+        let rows = client.simple_query("SHOW application_name").await.unwrap();
+        assert!(rows.iter().any(|m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(r) if r.get(0) == Some("omendb-test"))));
+    });
+}
