@@ -251,6 +251,30 @@ fn bytea_from_text(column: &ColumnDef, array: &ArrayRef) -> Result<ArrayRef, Sql
     Ok(Arc::new(out.finish()))
 }
 
+/// The storage keys in the first column of an UPDATE's or DELETE's row batch.
+fn key_array(batch: &RecordBatch) -> Result<BinaryArray, SqlError> {
+    batch
+        .column(0)
+        .as_any()
+        .downcast_ref::<BinaryArray>()
+        .cloned()
+        .ok_or_else(|| SqlError::internal("key column is not binary"))
+}
+
+/// One row of `columns` as scalars.
+fn row_values(columns: &[ArrayRef], row: usize) -> Result<Vec<ScalarValue>, SqlError> {
+    columns
+        .iter()
+        .map(|array| ScalarValue::try_from_array(array, row))
+        .collect::<Result<_, _>>()
+        .map_err(from_datafusion)
+}
+
+/// A parameter that is assigned straight to a column takes the column's type.
+fn column_param(column: &ColumnDef) -> Option<Field> {
+    Some(column.column_type.arrow_field(&column.name, true))
+}
+
 /// The 1-based index of a placeholder named `$n`.
 fn placeholder_index(name: &str) -> Option<usize> {
     name.strip_prefix('$')?
@@ -606,11 +630,10 @@ impl Session {
                         for row in &values.rows {
                             for (expr, &column) in row.content.iter().zip(&targets) {
                                 if let Some(idx) = expr_placeholder(expr) {
-                                    let def = &table.columns[column];
                                     set_param(
                                         &mut description.param_types,
                                         idx,
-                                        Some(def.column_type.arrow_field(&def.name, true)),
+                                        column_param(&table.columns[column]),
                                         true,
                                     );
                                 }
@@ -626,11 +649,10 @@ impl Session {
                 // `SET col = $n` takes the column's type.
                 for (assignment, &column) in update.assignments.iter().zip(&assigned) {
                     if let Some(idx) = expr_placeholder(&assignment.value) {
-                        let def = &table.columns[column];
                         set_param(
                             &mut description.param_types,
                             idx,
-                            Some(def.column_type.arrow_field(&def.name, true)),
+                            column_param(&table.columns[column]),
                             true,
                         );
                     }
@@ -828,11 +850,7 @@ impl Session {
             }
             let columns = Self::cast_columns(&table, batch.columns())?;
             for row in 0..batch.num_rows() {
-                let values = columns
-                    .iter()
-                    .map(|array| ScalarValue::try_from_array(array, row))
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(from_datafusion)?;
+                let values = row_values(&columns, row)?;
                 let key = match self.check_row(&table, &values)? {
                     Some(key) => {
                         self.check_unique(&table, &key, &values).await?;
@@ -914,12 +932,7 @@ impl Session {
         let n_columns = table.columns.len();
         let mut n_rows = 0;
         for batch in batches {
-            let keys = batch
-                .column(0)
-                .as_any()
-                .downcast_ref::<BinaryArray>()
-                .ok_or_else(|| SqlError::internal("key column is not binary"))?
-                .clone();
+            let keys = key_array(&batch)?;
             let mut columns: Vec<ArrayRef> = batch.columns()[1..=n_columns].to_vec();
             for (i, &idx) in assigned.iter().enumerate() {
                 columns[idx] = batch.column(1 + n_columns + i).clone();
@@ -927,11 +940,7 @@ impl Session {
             let columns = Self::cast_columns(&table, &columns)?;
             for row in 0..batch.num_rows() {
                 let old_key = Bytes::copy_from_slice(keys.value(row));
-                let values = columns
-                    .iter()
-                    .map(|array| ScalarValue::try_from_array(array, row))
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(from_datafusion)?;
+                let values = row_values(&columns, row)?;
                 let key = match self.check_row(&table, &values)? {
                     Some(new_key) if new_key != old_key => {
                         self.check_unique(&table, &new_key, &values).await?;
@@ -988,12 +997,7 @@ impl Session {
         let (_, batches) = self.run_query(&select, params, Some(&table.name)).await?;
         let mut n_rows = 0;
         for batch in batches {
-            let keys = batch
-                .column(0)
-                .as_any()
-                .downcast_ref::<BinaryArray>()
-                .ok_or_else(|| SqlError::internal("key column is not binary"))?
-                .clone();
+            let keys = key_array(&batch)?;
             for row in 0..keys.len() {
                 self.txn()
                     .writes
