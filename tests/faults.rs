@@ -298,10 +298,7 @@ fn a_new_primary_fences_the_old_one() {
     });
     // A second compute for the same timeline, started by hand on another port.
     let binary = env!("CARGO_BIN_EXE_omendb");
-    let new_addr = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let new_addr = support::cluster::free_addr();
     let args = compute_args_like(&cluster, new_addr);
     let log = std::fs::File::create(cluster.dir.join("logs/compute-2.log")).unwrap();
     let mut second = std::process::Command::new(binary)

@@ -1,17 +1,11 @@
 //! `omendb start`: the local cluster as a user runs it. It prints one connection string that
 //! psql accepts, stops every child on SIGTERM, and finds its data again on the next start.
 
+mod support;
+
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// Starts `omendb start` and returns it with the line it printed.
 fn start(data_dir: &std::path::Path, port: u16) -> (Child, String) {
@@ -94,7 +88,7 @@ fn processes_mentioning(needle: &str) -> Vec<String> {
 fn start_prints_a_url_stops_cleanly_and_finds_its_data_again() {
     let data_dir = std::env::temp_dir().join(format!("omendb-launcher-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&data_dir);
-    let port = free_port();
+    let port = support::cluster::free_addr().port();
 
     let (child, url) = start(&data_dir, port);
     assert_eq!(url, format!("postgres://omendb@127.0.0.1:{port}/omendb"));

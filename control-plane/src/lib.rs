@@ -75,8 +75,16 @@ fn random_u128() -> u128 {
     value
 }
 
-fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+/// Picks `n` distinct free loopback ports. The probe listeners are all held until every
+/// port is chosen, so the kernel cannot hand the same port out twice.
+fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
+    let listeners = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0"))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(listeners
+        .iter()
+        .map(|l| l.local_addr().map(|a| a.port()))
+        .collect::<Result<Vec<_>, _>>()?)
 }
 
 /// Reads the cluster's ids, making them on first start.
@@ -227,8 +235,9 @@ pub async fn start(config: StartConfig) -> anyhow::Result<()> {
     let log = |name: &str| data_dir.join("logs").join(format!("{name}.log"));
     let mut components = Vec::new();
     let mut safekeeper_addrs = Vec::new();
+    let ports = free_ports(SAFEKEEPERS + 1)?;
     for n in 1..=SAFEKEEPERS {
-        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+        let addr: SocketAddr = format!("127.0.0.1:{}", ports[n - 1]).parse()?;
         safekeeper_addrs.push(addr.to_string());
         components.push(Component {
             name: format!("safekeeper-{n}"),
@@ -250,7 +259,7 @@ pub async fn start(config: StartConfig) -> anyhow::Result<()> {
         });
     }
     let safekeepers = safekeeper_addrs.join(",");
-    let pageserver_addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+    let pageserver_addr: SocketAddr = format!("127.0.0.1:{}", ports[SAFEKEEPERS]).parse()?;
     components.push(Component {
         name: "pageserver".into(),
         args: vec![

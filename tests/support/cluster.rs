@@ -44,11 +44,25 @@ pub struct Cluster {
     components: BTreeMap<String, Component>,
 }
 
-fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind an ephemeral port")
-        .local_addr()
-        .expect("local addr")
+/// First port handed out to test processes; below Linux's ephemeral range (32768 and up),
+/// so no `bind(0)` anywhere picks one of them.
+const TEST_PORT_FIRST: u16 = 20_000;
+/// How many ports the test range holds.
+const TEST_PORTS: u16 = 12_000;
+static NEXT_PORT: AtomicU32 = AtomicU32::new(0);
+
+/// A free loopback address for a test component. Ports come from a process-wide counter, so
+/// two clusters of tests running at once never get the same one (a `bind(0)`-and-close
+/// port could be taken by a parallel test before its component binds it).
+pub fn free_addr() -> SocketAddr {
+    let offset = (std::process::id() % 600) * 20;
+    loop {
+        let n = NEXT_PORT.fetch_add(1, Ordering::Relaxed);
+        let port = TEST_PORT_FIRST + ((offset + n) % TEST_PORTS as u32) as u16;
+        if let Ok(listener) = TcpListener::bind(("127.0.0.1", port)) {
+            return listener.local_addr().expect("local addr");
+        }
+    }
 }
 
 impl Cluster {

@@ -5,6 +5,7 @@
 //! PostgreSQL does. A malformed message closes this connection only.
 
 use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::Arc;
 
@@ -13,6 +14,7 @@ use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::scalar::ScalarValue;
 use datafusion::sql::sqlparser::ast::Statement;
+use futures::FutureExt;
 use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tracing::{debug, info};
@@ -305,7 +307,7 @@ impl Connection {
             self.out.empty_query_response();
         }
         for statement in &statements {
-            let result = self.session.execute(statement, &[]).await;
+            let result = execute_guarded(&mut self.session, statement, &[]).await;
             self.send_notices();
             match result {
                 Ok(Outcome::Command(tag)) => self.out.command_complete(&tag),
@@ -352,7 +354,7 @@ impl Connection {
         let description = match &prepared.statement {
             Some(statement) => {
                 let statement = statement.clone();
-                Arc::new(self.session.describe(&statement).await?)
+                Arc::new(describe_guarded(&mut self.session, &statement).await?)
             }
             None => Arc::new(Description {
                 param_types: Vec::new(),
@@ -525,7 +527,7 @@ impl Connection {
                             return Ok(());
                         };
                         let params = portal.params.clone();
-                        let result = self.session.execute(&statement, &params).await;
+                        let result = execute_guarded(&mut self.session, &statement, &params).await;
                         self.send_notices();
                         match result? {
                             Outcome::Command(tag) => {
@@ -579,6 +581,42 @@ impl Connection {
         }
         Ok(())
     }
+}
+
+/// A panic while running a statement becomes an internal error for this client; the
+/// transaction it was in is marked failed.
+fn panic_error(session: &mut Session, panic: Box<dyn std::any::Any + Send>) -> SqlError {
+    let what = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into());
+    tracing::error!("statement panicked: {what}");
+    session.fail_transaction();
+    SqlError::internal(format!(
+        "internal error while running the statement: {what}"
+    ))
+}
+
+async fn execute_guarded(
+    session: &mut Session,
+    statement: &Statement,
+    params: &[ScalarValue],
+) -> Result<Outcome, SqlError> {
+    let result = AssertUnwindSafe(session.execute(statement, params))
+        .catch_unwind()
+        .await;
+    result.unwrap_or_else(|panic| Err(panic_error(session, panic)))
+}
+
+async fn describe_guarded(
+    session: &mut Session,
+    statement: &Statement,
+) -> Result<Description, SqlError> {
+    let result = AssertUnwindSafe(session.describe(statement))
+        .catch_unwind()
+        .await;
+    result.unwrap_or_else(|panic| Err(panic_error(session, panic)))
 }
 
 fn format_for(formats: &[i16], i: usize) -> i16 {
