@@ -60,7 +60,7 @@ run_once() {
     echo "$(echo "$out" | grep -oP 'tps = \K[0-9.]+' | head -1) $(echo "$out" | grep -oP 'latency average = \K[0-9.]+')"
 }
 # Median, min and max of the numbers on stdin.
-stats() { sort -g | awk '{ v[NR] = $1 } END { printf "%s %s %s", v[int((NR + 1) / 2)], v[1], v[NR] }'; }
+stats() { sort -g | awk '{ v[NR] = $1 } END { printf "%s %s %s\n", v[int((NR + 1) / 2)], v[1], v[NR] }'; }
 
 printf '%-8s %-9s %12s %20s %14s %20s\n' clients server tps "tps min-max" latency_ms "latency min-max"
 echo "[" > "$json.tmp"
