@@ -40,6 +40,11 @@ fn session_functions_and_settings_answer_like_postgresql() {
         }
         let err = client.simple_query("SHOW no_such_setting").await.unwrap_err();
         assert_eq!(err.code().unwrap().code(), "42704");
+        // A parameter number past PostgreSQL's limit is an error, not an allocation.
+        let err = client.prepare("SELECT $10000000000").await.unwrap_err();
+        assert!(err.code().is_some(), "{err:?}");
+        let err = client.prepare("SELECT $70000").await.unwrap_err();
+        assert!(err.code().is_some(), "{err:?}");
         // SET is accepted and SHOW reads it back.
         client.simple_query("SET application_name = 'omendb-test'").await.unwrap();
         let rows = client.simple_query("SHOW application_name").await.unwrap();

@@ -402,6 +402,17 @@ fn snapshot_isolation_between_sessions() {
             .unwrap()
             .get(0);
         assert_eq!(v, 11);
+
+        // A statement prepared (Parse/Describe) while idle runs at a fresh snapshot later.
+        let prepared = b.prepare("SELECT v FROM s WHERE id = $1").await.unwrap();
+        a.execute("UPDATE s SET v = 12 WHERE id = 1", &[])
+            .await
+            .unwrap();
+        let v: i32 = b.query_one(&prepared, &[&1i32]).await.unwrap().get(0);
+        assert_eq!(
+            v, 12,
+            "a prepared statement must not keep the snapshot of its Describe"
+        );
     });
 }
 

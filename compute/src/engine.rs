@@ -188,13 +188,12 @@ impl Engine {
 
     pub fn begin(self: &Arc<Engine>) -> Txn {
         let catalog = self.catalog();
+        // Read the snapshot under the lock that pruning reads the oldest snapshot under, so a
+        // concurrent commit cannot prune conflict entries this transaction still needs.
+        let mut snapshots = self.active_snapshots.lock().expect("snapshots lock");
         let snapshot = self.proposer.commit_lsn();
-        *self
-            .active_snapshots
-            .lock()
-            .expect("snapshots lock")
-            .entry(snapshot)
-            .or_default() += 1;
+        *snapshots.entry(snapshot).or_default() += 1;
+        drop(snapshots);
         Txn {
             snapshot,
             writes: BTreeMap::new(),

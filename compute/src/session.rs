@@ -275,12 +275,15 @@ fn column_param(column: &ColumnDef) -> Option<Field> {
     Some(column.column_type.arrow_field(&column.name, true))
 }
 
-/// The 1-based index of a placeholder named `$n`.
+/// The most parameters a statement may have (PostgreSQL's limit: Bind counts are 16-bit).
+pub const PARAMS_MAX: usize = 65_535;
+
+/// The 1-based index of a placeholder named `$n`, if it is one a statement may have.
 fn placeholder_index(name: &str) -> Option<usize> {
     name.strip_prefix('$')?
         .parse::<usize>()
         .ok()
-        .filter(|&n| n >= 1)
+        .filter(|&n| (1..=PARAMS_MAX).contains(&n))
 }
 
 /// The index of `expr` if it is a bare placeholder.
@@ -562,7 +565,19 @@ impl Session {
     }
 
     /// Parameter types and result columns of a statement, without running it.
+    ///
+    /// Outside an explicit transaction this plans against a snapshot taken for the purpose
+    /// and dropped afterwards, so a prepared statement runs later at a fresh snapshot.
     pub async fn describe(&mut self, stmt: &Statement) -> Result<Description, SqlError> {
+        let had_transaction = self.txn.is_some();
+        let description = self.describe_in_transaction(stmt).await;
+        if !had_transaction && !self.explicit {
+            self.txn = None;
+        }
+        description
+    }
+
+    async fn describe_in_transaction(&mut self, stmt: &Statement) -> Result<Description, SqlError> {
         let mut description = Description {
             param_types: Vec::new(),
             columns: None,

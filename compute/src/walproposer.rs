@@ -37,6 +37,8 @@ pub const APPEND_BYTES_MAX: usize = 1 << 20;
 pub const BUFFER_BYTES_MAX: usize = 64 << 20;
 /// How long one connection attempt to a safekeeper may take.
 pub const CONNECT_TIMEOUT_MS: u64 = 1000;
+/// How long a safekeeper may take to answer one request of the election or recovery.
+pub const CALL_TIMEOUT_MS: u64 = 5000;
 /// Pause before reconnecting to a safekeeper that failed.
 pub const RECONNECT_DELAY_MS: u64 = 200;
 
@@ -101,9 +103,16 @@ pub fn quorum_commit_lsn(flush: &[Option<Lsn>]) -> Option<Lsn> {
     Some(acked[needed - 1])
 }
 
-/// The voter whose log the new term continues: the highest (last term, flush LSN).
+/// The voter whose log the new term continues: the highest (term that wrote its last
+/// flushed WAL, flush LSN). Not the last term of its history: a safekeeper adopts a new
+/// proposer's history at `Elected`, before it has received that proposer's WAL.
 pub fn choose_donor(voters: &[AcceptorStatus]) -> Option<usize> {
-    (0..voters.len()).max_by_key(|&i| (voters[i].term_history.last_term(), voters[i].flush_lsn))
+    (0..voters.len()).max_by_key(|&i| {
+        (
+            voters[i].term_history.term_at(voters[i].flush_lsn),
+            voters[i].flush_lsn,
+        )
+    })
 }
 
 struct Conn {
@@ -155,23 +164,40 @@ impl Conn {
         Ok(response)
     }
 
+    /// One request and its answer, bounded by [`CALL_TIMEOUT_MS`]: a safekeeper that
+    /// accepts connections but does not answer (stopped, stuck in fsync) must not stall an
+    /// election that a majority can win without it.
     async fn call(&mut self, request: &Request) -> Result<Response, ProposerError> {
-        self.send(request).await?;
-        self.recv().await
+        let addr = self.addr;
+        let exchange = async {
+            self.send(request).await?;
+            self.recv().await
+        };
+        tokio::time::timeout(Duration::from_millis(CALL_TIMEOUT_MS), exchange)
+            .await
+            .unwrap_or_else(|_| {
+                Err(ProposerError::Safekeeper {
+                    addr,
+                    message: format!("no answer within {CALL_TIMEOUT_MS} ms"),
+                })
+            })
     }
 }
 
 /// Reads WAL `[start, end)` as whole records from the safekeeper at `addr`.
+/// Stops once `limit_bytes` have been read (at least one chunk is always read), so a
+/// laggard's catch-up holds one Append's worth of WAL in memory, not the whole gap.
 async fn read_wal(
     addr: SocketAddr,
     timeline: TimelineId,
     start: Lsn,
     end: Lsn,
+    limit_bytes: usize,
 ) -> Result<Vec<(Lsn, Bytes)>, ProposerError> {
     let (mut conn, _) = Conn::open(addr, timeline).await?;
     let mut records = Vec::new();
     let mut pos = start;
-    while pos < end {
+    while pos < end && ((pos.0 - start.0) as usize) < limit_bytes {
         let request = Request::ReadWal {
             start_lsn: pos,
             end_lsn: end,
@@ -291,34 +317,14 @@ impl WalProposer {
         }
         let statuses: Vec<AcceptorStatus> = voters.iter().map(|(_, s)| s.clone()).collect();
         let donor_pos = choose_donor(&statuses).expect("a majority is not empty");
-        let (donor_idx, donor) = voters[donor_pos].clone();
+        let donor = voters[donor_pos].1.clone();
         let mut history = donor.term_history.truncated(donor.flush_lsn);
         history.0.push(TermEntry {
             term,
             start_lsn: donor.flush_lsn,
         });
-        // Keep in memory the WAL that the voters lack, so their tasks can catch them up.
-        let buffer_start = statuses
-            .iter()
-            .map(|s| {
-                donor
-                    .term_history
-                    .agreement_point(donor.flush_lsn, &s.term_history, s.flush_lsn)
-            })
-            .min()
-            .unwrap_or(donor.flush_lsn);
-        let records = if buffer_start < donor.flush_lsn {
-            read_wal(
-                config.safekeepers[donor_idx],
-                config.timeline,
-                buffer_start,
-                donor.flush_lsn,
-            )
-            .await?
-        } else {
-            Vec::new()
-        };
-        let buffer_bytes = records.iter().map(|(_, r)| r.len()).sum();
+        // The buffer starts empty at the end of the donor's log: safekeepers that lack part
+        // of it read it from the donor (or any peer that has it) in bounded chunks.
         let (end_tx, _) = watch::channel(donor.flush_lsn);
         let (commit_tx, _) = watch::channel(Lsn::ZERO);
         let shared = Arc::new(Shared {
@@ -327,9 +333,9 @@ impl WalProposer {
             history,
             inner: Mutex::new(Inner {
                 end_lsn: donor.flush_lsn,
-                records: records.into(),
-                buffer_start,
-                buffer_bytes,
+                records: VecDeque::new(),
+                buffer_start: donor.flush_lsn,
+                buffer_bytes: 0,
                 flush: vec![None; n],
                 commit_lsn: Lsn::ZERO,
                 fenced_by: None,
@@ -377,11 +383,12 @@ impl WalProposer {
         let mut commit_rx = self.shared.commit_tx.subscribe();
         let wait = async {
             loop {
-                if let Some(term) = self.shared.inner.lock().expect("proposer lock").fenced_by {
-                    return Err(ProposerError::Fenced(term));
-                }
+                // A record on a majority is durable even if a newer primary fenced us since.
                 if *commit_rx.borrow_and_update() >= lsn {
                     return Ok(());
+                }
+                if let Some(term) = self.shared.inner.lock().expect("proposer lock").fenced_by {
+                    return Err(ProposerError::Fenced(term));
                 }
                 if commit_rx.changed().await.is_err() {
                     return Err(ProposerError::Election("proposer stopped".into()));
@@ -525,7 +532,15 @@ async fn sync_acceptor(shared: &Arc<Shared>, idx: usize) -> Result<(), ProposerE
     wire::write_frame(&mut writer, &elected.encode())
         .await
         .map_err(|e| sk_err(addr, e))?;
-    let flushed = read_response(&mut reader, addr).await?;
+    let flushed = tokio::time::timeout(
+        Duration::from_millis(CALL_TIMEOUT_MS),
+        read_response(&mut reader, addr),
+    )
+    .await
+    .map_err(|_| ProposerError::Safekeeper {
+        addr,
+        message: "no answer to Elected".into(),
+    })??;
     match flushed {
         Response::Flushed { flush_lsn, .. } if flush_lsn == truncate_lsn => {}
         Response::Rejected { term } => return Err(ProposerError::Fenced(term)),
@@ -575,9 +590,6 @@ async fn sync_acceptor(shared: &Arc<Shared>, idx: usize) -> Result<(), ProposerE
                             fetch_from_peers(shared, idx, pos, buffer_start.min(end)).await?
                         {
                             gap.extend_from_slice(&record);
-                            if gap.len() >= APPEND_BYTES_MAX {
-                                break;
-                            }
                         }
                         gap.freeze()
                     }
@@ -640,6 +652,7 @@ async fn fetch_from_peers(
             shared.config.timeline,
             start,
             end,
+            APPEND_BYTES_MAX,
         )
         .await
         {
@@ -712,5 +725,38 @@ mod tests {
             Some(1)
         );
         assert_eq!(choose_donor(&[status(2, 10), status(2, 100)]), Some(1));
+    }
+
+    #[test]
+    fn donor_ignores_a_term_adopted_before_its_wal_arrived() {
+        // Term 1 committed WAL up to 200 on B (and A). Term 2's proposer truncated C to 100,
+        // made C adopt [(1,0),(2,200)], and died before sending C anything. C's log is term 1's
+        // up to 100 only: B, with term 1's log up to 200, must be the donor.
+        let b = AcceptorStatus {
+            term: 2,
+            term_history: TermHistory(vec![TermEntry {
+                term: 1,
+                start_lsn: Lsn(0),
+            }]),
+            flush_lsn: Lsn(200),
+            commit_lsn: Lsn(0),
+        };
+        let c = AcceptorStatus {
+            term: 2,
+            term_history: TermHistory(vec![
+                TermEntry {
+                    term: 1,
+                    start_lsn: Lsn(0),
+                },
+                TermEntry {
+                    term: 2,
+                    start_lsn: Lsn(200),
+                },
+            ]),
+            flush_lsn: Lsn(100),
+            commit_lsn: Lsn(0),
+        };
+        assert_eq!(choose_donor(&[b.clone(), c.clone()]), Some(0));
+        assert_eq!(choose_donor(&[c, b]), Some(1));
     }
 }

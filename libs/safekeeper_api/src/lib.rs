@@ -29,9 +29,21 @@ pub struct TermEntry {
 pub struct TermHistory(pub Vec<TermEntry>);
 
 impl TermHistory {
-    /// The term that wrote the last record of a log with this history.
+    /// The last term in the history. A safekeeper adopts a new proposer's history before it
+    /// has that proposer's WAL, so this can be a term that wrote nothing of its log: use
+    /// [`TermHistory::term_at`] to compare logs.
     pub fn last_term(&self) -> u64 {
         self.0.last().map_or(0, |e| e.term)
+    }
+
+    /// The term that wrote the log up to `flush_lsn`: the last entry starting at or below it
+    /// (Neon's "epoch"). This, then the flush LSN, orders logs by how advanced they are.
+    pub fn term_at(&self, flush_lsn: Lsn) -> u64 {
+        self.0
+            .iter()
+            .rev()
+            .find(|e| e.start_lsn <= flush_lsn)
+            .map_or(0, |e| e.term)
     }
 
     /// The highest LSN up to which a log with history `self` ending at `self_flush` and a
