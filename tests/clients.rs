@@ -1,5 +1,5 @@
-//! What drivers and tools read from the server on connect: `version()`, the session
-//! functions, and the settings they `SHOW`.
+//! What drivers and tools rely on: `version()`, the session functions, the settings they
+//! `SHOW`, parameter limits, and the implicit transaction of a multi-statement Query.
 
 mod support;
 
@@ -45,6 +45,21 @@ fn session_functions_and_settings_answer_like_postgresql() {
         assert!(err.code().is_some(), "{err:?}");
         let err = client.prepare("SELECT $70000").await.unwrap_err();
         assert!(err.code().is_some(), "{err:?}");
+        // Several statements in one simple Query are one implicit transaction.
+        client.batch_execute("CREATE TABLE blk (id int PRIMARY KEY)").await.unwrap();
+        let err = client
+            .batch_execute("INSERT INTO blk VALUES (1); INSERT INTO blk VALUES (2); INSERT INTO blk VALUES (1)")
+            .await
+            .unwrap_err();
+        assert_eq!(err.code().unwrap().code(), "23505");
+        let count = |rows: Vec<tokio_postgres::Row>| rows[0].get::<_, i64>(0);
+        assert_eq!(count(client.query("SELECT count(*) FROM blk", &[]).await.unwrap()), 0);
+        client.batch_execute("INSERT INTO blk VALUES (1); INSERT INTO blk VALUES (2)").await.unwrap();
+        assert_eq!(count(client.query("SELECT count(*) FROM blk", &[]).await.unwrap()), 2);
+        // A BEGIN inside the string turns the block into an explicit transaction.
+        client.batch_execute("INSERT INTO blk VALUES (3); BEGIN; INSERT INTO blk VALUES (4)").await.unwrap();
+        client.batch_execute("ROLLBACK").await.unwrap();
+        assert_eq!(count(client.query("SELECT count(*) FROM blk", &[]).await.unwrap()), 2);
         // SET is accepted and SHOW reads it back.
         client.simple_query("SET application_name = 'omendb-test'").await.unwrap();
         let rows = client.simple_query("SHOW application_name").await.unwrap();

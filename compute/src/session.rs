@@ -81,6 +81,8 @@ pub struct Session {
     explicit: bool,
     /// An error happened inside the explicit transaction: only ROLLBACK is accepted.
     failed: bool,
+    /// Inside the statements of one multi-statement simple Query, outside BEGIN.
+    implicit_block: bool,
     settings: HashMap<String, String>,
     /// Notices raised by the last statement, for the client.
     notices: Vec<SqlError>,
@@ -354,6 +356,7 @@ impl Session {
             txn: None,
             explicit: false,
             failed: false,
+            implicit_block: false,
             settings,
             notices: Vec::new(),
             user,
@@ -372,6 +375,26 @@ impl Session {
 
     pub fn setting(&self, name: &str) -> Option<&String> {
         self.settings.get(&name.to_lowercase())
+    }
+
+    /// Starts an implicit transaction block: the statements of one multi-statement Query
+    /// message run as one transaction, as in PostgreSQL, unless they open their own.
+    pub fn begin_implicit_block(&mut self) {
+        if !self.explicit {
+            self.implicit_block = true;
+        }
+    }
+
+    /// Ends the implicit block: commits it if every statement succeeded, else drops it. A
+    /// BEGIN inside the block made it explicit, and then it stays open.
+    pub async fn end_implicit_block(&mut self, success: bool) -> Result<(), SqlError> {
+        if !std::mem::take(&mut self.implicit_block) || self.explicit {
+            return Ok(());
+        }
+        match self.txn.take() {
+            Some(txn) if success => self.engine.commit(txn).await,
+            _ => Ok(()),
+        }
     }
 
     pub fn take_notices(&mut self) -> Vec<SqlError> {
@@ -439,6 +462,13 @@ impl Session {
         if self.explicit {
             if result.is_err() {
                 self.failed = true;
+            }
+            return result;
+        }
+        if self.implicit_block {
+            // The block commits at its end; an error rolls back all of it.
+            if result.is_err() {
+                self.txn = None;
             }
             return result;
         }

@@ -306,6 +306,11 @@ impl Connection {
         if statements.is_empty() {
             self.out.empty_query_response();
         }
+        let implicit_block = statements.len() > 1;
+        if implicit_block {
+            self.session.begin_implicit_block();
+        }
+        let mut success = true;
         for statement in &statements {
             let result = execute_guarded(&mut self.session, statement, &[]).await;
             self.send_notices();
@@ -330,14 +335,21 @@ impl Connection {
                         Err(e) => {
                             self.session.fail_transaction();
                             self.out.error_response(&error_fields(&e));
+                            success = false;
                             break;
                         }
                     }
                 }
                 Err(e) => {
                     self.out.error_response(&error_fields(&e));
+                    success = false;
                     break;
                 }
+            }
+        }
+        if implicit_block {
+            if let Err(e) = self.session.end_implicit_block(success).await {
+                self.out.error_response(&error_fields(&e));
             }
         }
         self.out.ready_for_query(self.session.transaction_status());
