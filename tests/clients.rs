@@ -60,6 +60,12 @@ fn session_functions_and_settings_answer_like_postgresql() {
         client.batch_execute("INSERT INTO blk VALUES (3); BEGIN; INSERT INTO blk VALUES (4)").await.unwrap();
         client.batch_execute("ROLLBACK").await.unwrap();
         assert_eq!(count(client.query("SELECT count(*) FROM blk", &[]).await.unwrap()), 2);
+        // A prepared statement whose result shape changed under it fails as in PostgreSQL.
+        client.batch_execute("CREATE TABLE shape (a int)").await.unwrap();
+        let prepared = client.prepare("SELECT * FROM shape").await.unwrap();
+        client.batch_execute("DROP TABLE shape; CREATE TABLE shape (a text, b text)").await.unwrap();
+        let err = client.query(&prepared, &[]).await.unwrap_err();
+        assert_eq!(err.code().unwrap().code(), "0A000", "{err:?}");
         // SET is accepted and SHOW reads it back.
         client.simple_query("SET application_name = 'omendb-test'").await.unwrap();
         let rows = client.simple_query("SHOW application_name").await.unwrap();

@@ -539,12 +539,21 @@ impl Connection {
                             return Ok(());
                         };
                         let params = portal.params.clone();
+                        let described = portal.description.as_ref().and_then(|d| d.columns.clone());
                         let result = execute_guarded(&mut self.session, &statement, &params).await;
                         self.send_notices();
                         match result? {
                             Outcome::Command(tag) => {
                                 self.out.command_complete(&tag);
                                 return Ok(());
+                            }
+                            Outcome::Rows { schema, .. }
+                                if !same_row_shape(described.as_ref().map(|(s, _)| s), &schema) =>
+                            {
+                                return Err(SqlError::new(
+                                    sqlstate::FEATURE_NOT_SUPPORTED,
+                                    "cached plan must not change result type",
+                                ));
                             }
                             Outcome::Rows { batches, tag, .. } => PendingRows {
                                 batches,
@@ -629,6 +638,21 @@ async fn describe_guarded(
         .catch_unwind()
         .await;
     result.unwrap_or_else(|panic| Err(panic_error(session, panic)))
+}
+
+/// Whether rows of `actual` can be sent under the RowDescription made from `described`: the
+/// same number of columns with the same PostgreSQL types. A table dropped and created again
+/// with other columns between Describe and Execute changes this.
+fn same_row_shape(described: Option<&SchemaRef>, actual: &SchemaRef) -> bool {
+    let Some(described) = described else {
+        return false;
+    };
+    described.fields().len() == actual.fields().len()
+        && described
+            .fields()
+            .iter()
+            .zip(actual.fields())
+            .all(|(a, b)| pgtypes::pg_type_for_field(a).oid == pgtypes::pg_type_for_field(b).oid)
 }
 
 fn format_for(formats: &[i16], i: usize) -> i16 {
