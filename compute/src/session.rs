@@ -76,6 +76,10 @@ pub fn default_settings() -> Vec<(&'static str, &'static str)> {
 pub struct Session {
     engine: Arc<Engine>,
     runtime: Arc<RuntimeEnv>,
+    /// DataFusion's context, made on first use (see [`Session::context`]).
+    datafusion: Option<SessionContext>,
+    /// Tables registered in `datafusion` by the last statement.
+    registered_tables: Vec<String>,
     txn: Option<Txn>,
     /// Inside BEGIN … COMMIT.
     explicit: bool,
@@ -353,6 +357,8 @@ impl Session {
         Session {
             engine,
             runtime: Arc::new(RuntimeEnv::default()),
+            datafusion: None,
+            registered_tables: Vec::new(),
             txn: None,
             explicit: false,
             failed: false,
@@ -525,15 +531,28 @@ impl Session {
         }
     }
 
+    /// The DataFusion context for the next statement: built once per session (functions,
+    /// settings), with every table registered again for this statement's snapshot, overlay
+    /// and key column. The context is this session's alone, so re-registering is safe.
     fn context(&mut self, key_table: Option<&str>) -> Result<SessionContext, SqlError> {
-        let mut config = SessionConfig::new()
-            .with_target_partitions(2)
-            .with_information_schema(false);
-        config.options_mut().sql_parser.parse_float_as_decimal = true;
-        let ctx = SessionContext::new_with_config_rt(config, self.runtime.clone());
-        crate::pgcompat::register_functions(&ctx, &self.database);
+        let ctx = match &self.datafusion {
+            Some(ctx) => ctx.clone(),
+            None => {
+                let mut config = SessionConfig::new()
+                    .with_target_partitions(2)
+                    .with_information_schema(false);
+                config.options_mut().sql_parser.parse_float_as_decimal = true;
+                let ctx = SessionContext::new_with_config_rt(config, self.runtime.clone());
+                crate::pgcompat::register_functions(&ctx, &self.database);
+                self.datafusion = Some(ctx.clone());
+                ctx
+            }
+        };
         let client = self.engine.pageserver.clone();
-        let txn = self.txn();
+        let txn = self.txn.get_or_insert_with(|| self.engine.begin());
+        for name in std::mem::take(&mut self.registered_tables) {
+            ctx.deregister_table(TableReference::bare(name)).map_err(from_datafusion)?;
+        }
         for (name, def) in &txn.catalog.tables {
             let provider = OmenTable::new(
                 client.clone(),
@@ -544,6 +563,7 @@ impl Session {
             );
             ctx.register_table(TableReference::bare(name.clone()), Arc::new(provider))
                 .map_err(from_datafusion)?;
+            self.registered_tables.push(name.clone());
         }
         Ok(ctx)
     }
