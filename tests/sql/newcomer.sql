@@ -3,6 +3,8 @@
 -- against PostgreSQL 15 and against OmenDB; tests/pg_compare.rs asserts that the two
 -- outputs are identical. Every ORDER BY is total and every value has one text form, so
 -- the output is fully determined by the data.
+-- Known differences kept out on purpose until they are fixed: avg() of integer or numeric
+-- columns and sum() of bigint return numeric in PostgreSQL, float8 and int8 in OmenDB.
 \set VERBOSITY sqlstate
 \set ON_ERROR_STOP 0
 
