@@ -551,7 +551,8 @@ impl Session {
         let client = self.engine.pageserver.clone();
         let txn = self.txn.get_or_insert_with(|| self.engine.begin());
         for name in std::mem::take(&mut self.registered_tables) {
-            ctx.deregister_table(TableReference::bare(name)).map_err(from_datafusion)?;
+            ctx.deregister_table(TableReference::bare(name))
+                .map_err(from_datafusion)?;
         }
         for (name, def) in &txn.catalog.tables {
             let provider = OmenTable::new(

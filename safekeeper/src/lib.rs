@@ -27,6 +27,8 @@ pub mod wal_storage;
 
 #[cfg(test)]
 mod server_tests;
+#[cfg(test)]
+mod simulation_tests;
 
 use anyhow::Context;
 

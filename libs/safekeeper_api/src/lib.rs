@@ -105,6 +105,35 @@ impl TermHistory {
     }
 }
 
+/// The size of a majority of `n` safekeepers.
+pub fn majority(n: usize) -> usize {
+    n / 2 + 1
+}
+
+/// The commit LSN given each safekeeper's acknowledged flush LSN: the highest LSN that a
+/// majority of all configured safekeepers has flushed.
+pub fn quorum_commit_lsn(flush: &[Option<Lsn>]) -> Option<Lsn> {
+    let mut acked: Vec<Lsn> = flush.iter().flatten().copied().collect();
+    let needed = majority(flush.len());
+    if acked.len() < needed {
+        return None;
+    }
+    acked.sort_unstable_by(|a, b| b.cmp(a));
+    Some(acked[needed - 1])
+}
+
+/// The voter whose log the new term continues: the highest (term that wrote its last
+/// flushed WAL, flush LSN). Not the last term of its history: a safekeeper adopts a new
+/// proposer's history at `Elected`, before it has received that proposer's WAL.
+pub fn choose_donor(voters: &[AcceptorStatus]) -> Option<usize> {
+    (0..voters.len()).max_by_key(|&i| {
+        (
+            voters[i].term_history.term_at(voters[i].flush_lsn),
+            voters[i].flush_lsn,
+        )
+    })
+}
+
 /// A safekeeper's persistent acceptor state, as reported to a proposer.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct AcceptorStatus {
