@@ -26,6 +26,9 @@ pub mod sqlstate {
     pub const NUMERIC_VALUE_OUT_OF_RANGE: &str = "22003";
     pub const STRING_DATA_RIGHT_TRUNCATION: &str = "22001";
     pub const DATETIME_FIELD_OVERFLOW: &str = "22008";
+    pub const INVALID_DATETIME_FORMAT: &str = "22007";
+    pub const CHARACTER_NOT_IN_REPERTOIRE: &str = "22021";
+    pub const INVALID_BINARY_REPRESENTATION: &str = "22P03";
     pub const IN_FAILED_SQL_TRANSACTION: &str = "25P02";
     pub const SERIALIZATION_FAILURE: &str = "40001";
     pub const FEATURE_NOT_SUPPORTED: &str = "0A000";

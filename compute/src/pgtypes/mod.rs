@@ -25,8 +25,8 @@ use datafusion::arrow::datatypes::{
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use datafusion::scalar::ScalarValue;
 
+use crate::error::sqlstate::*;
 use crate::rowcodec::{ColumnType, PG_TYPE_METADATA_KEY, UTC_TZ};
-use sqlstate::*;
 
 /// Type OIDs from PostgreSQL's `pg_type.dat`.
 pub mod oid {
@@ -49,21 +49,6 @@ pub mod oid {
     pub const TIMESTAMPTZ: u32 = 1184;
     pub const NUMERIC: u32 = 1700;
     pub const JSONB: u32 = 3802;
-}
-
-/// SQLSTATEs a [`PgTypeError`] carries.
-pub mod sqlstate {
-    pub const PROTOCOL_VIOLATION: &str = "08P01";
-    pub const FEATURE_NOT_SUPPORTED: &str = "0A000";
-    pub const NUMERIC_VALUE_OUT_OF_RANGE: &str = "22003";
-    pub const INVALID_DATETIME_FORMAT: &str = "22007";
-    pub const DATETIME_FIELD_OVERFLOW: &str = "22008";
-    pub const CHARACTER_NOT_IN_REPERTOIRE: &str = "22021";
-    pub const INVALID_PARAMETER_VALUE: &str = "22023";
-    pub const INVALID_TEXT_REPRESENTATION: &str = "22P02";
-    pub const INVALID_BINARY_REPRESENTATION: &str = "22P03";
-    pub const UNDEFINED_FUNCTION: &str = "42883";
-    pub const INTERNAL_ERROR: &str = "XX000";
 }
 
 /// A value conversion error, with the SQLSTATE PostgreSQL reports for it.
