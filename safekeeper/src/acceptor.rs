@@ -344,6 +344,22 @@ impl<S: AcceptorStorage> Acceptor<S> {
         if let Err(message) = validate_term_history(&term_history, term) {
             return Ok(error_response(format!("Elected in term {term}: {message}")));
         }
+        if term == self.term && self.term_history.last_term() == term {
+            // This term's history is already adopted, so every byte written since came from
+            // this term's one proposer and agrees with its log: nothing to truncate. A repeated
+            // Elected is a reconnect, or a stale duplicate delayed behind later appends, whose
+            // truncation point would cut WAL that may be committed.
+            if term_history != self.term_history {
+                return Ok(error_response(format!(
+                    "Elected in term {term} with a history that differs from the one adopted for it"
+                )));
+            }
+            session.elected_term = Some(term);
+            return Ok(Response::Flushed {
+                term,
+                flush_lsn: self.flush_lsn,
+            });
+        }
         if truncate_lsn > self.flush_lsn {
             return Ok(error_response(format!(
                 "Elected in term {term}: truncate_lsn {truncate_lsn} is above this safekeeper's flush_lsn {}",

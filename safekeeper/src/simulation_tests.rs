@@ -6,6 +6,9 @@
 //! client commit to whichever safekeepers the
 //! leader reaches, a crash that loses unsynced writes, or a catch-up of a lagging safekeeper.
 //!
+//! Copies of sent messages are delivered again at random later steps (duplicated, delayed,
+//! reordered); lost messages are the steps where a safekeeper is unreachable.
+//!
 //! Invariants checked after every step:
 //! - every acknowledged commit is in the log a newly elected proposer continues from;
 //! - every acknowledged commit is still on a majority of safekeepers, byte for byte (committed
@@ -67,6 +70,9 @@ struct Sim {
     acked: Vec<(Lsn, Bytes)>,
     events: Vec<String>,
     next_xid: u64,
+    /// Copies of messages already sent, with the connection they were sent on, that the
+    /// network may deliver again later: duplicated, delayed past newer messages, reordered.
+    in_flight: Vec<(usize, ProposerSession, Request)>,
 }
 
 fn call(
@@ -93,6 +99,7 @@ impl Sim {
             acked: Vec::new(),
             events: Vec::new(),
             next_xid: 1,
+            in_flight: Vec::new(),
         }
     }
 
@@ -203,15 +210,13 @@ impl Sim {
         let status = self.status(i);
         let truncate_lsn = history.agreement_point(end, &status.term_history, status.flush_lsn);
         let mut session = ProposerSession::default();
-        match call(
-            self.node(i),
-            &mut session,
-            Request::Elected {
-                term,
-                term_history: history,
-                truncate_lsn,
-            },
-        ) {
+        let elected = Request::Elected {
+            term,
+            term_history: history,
+            truncate_lsn,
+        };
+        self.maybe_keep(i, session, &elected);
+        match call(self.node(i), &mut session, elected) {
             Response::Flushed { flush_lsn, .. } => {
                 assert_eq!(flush_lsn, truncate_lsn);
                 let leader = self.leader.as_mut().expect("leader");
@@ -260,6 +265,7 @@ impl Sim {
             data,
         };
         let term = leader.term;
+        self.maybe_keep(i, session, &request);
         let node = self.nodes[i].as_mut().expect("node");
         let leader = self.leader.as_mut().expect("leader");
         match call(node, &mut session, request) {
@@ -319,6 +325,47 @@ impl Sim {
         }
     }
 
+    /// Keeps a copy of a message for a later, stale delivery (one in five messages).
+    fn maybe_keep(&mut self, i: usize, session: ProposerSession, request: &Request) {
+        if self.rng.chance(20) && self.in_flight.len() < 32 {
+            self.in_flight.push((i, session, request.clone()));
+        }
+    }
+
+    /// Delivers a copy of an old message: a duplicate, arriving after newer ones. Whatever the
+    /// safekeeper answers, the invariants must still hold afterwards.
+    fn deliver_stale(&mut self) {
+        if self.in_flight.is_empty() {
+            return;
+        }
+        let pick = self.rng.below(self.in_flight.len());
+        let (i, mut session, request) = self.in_flight.swap_remove(pick);
+        let what = match &request {
+            Request::Elected {
+                term, truncate_lsn, ..
+            } => format!("Elected(term {term}, truncate {truncate_lsn})"),
+            Request::Append {
+                term,
+                begin_lsn,
+                data,
+                ..
+            } => format!("Append(term {term}, {begin_lsn}+{})", data.len()),
+            other => format!("{other:?}"),
+        };
+        let answer = match call(self.node(i), &mut session, request) {
+            Response::Flushed { flush_lsn, .. } => format!("flushed to {flush_lsn}"),
+            Response::Rejected { term } => format!("rejected (term {term})"),
+            Response::Error { .. } => "refused".to_string(),
+            other => format!("{other:?}"),
+        };
+        self.events
+            .push(format!("stale {what} to safekeeper {i}: {answer}"));
+        // A stale message may have moved the safekeeper: the leader's view of it is gone.
+        if let Some(leader) = self.leader.as_mut() {
+            leader.synced[i] = None;
+        }
+    }
+
     fn crash(&mut self, i: usize) {
         let kept = self.rng.below(64);
         let storage = self.nodes[i].take().expect("node").into_storage();
@@ -360,10 +407,11 @@ impl Sim {
         match self.rng.below(100) {
             0..=11 => self.elect()?,
             12..=69 => self.commit(),
-            70..=84 => {
+            70..=79 => {
                 let i = self.rng.below(NODES);
                 self.crash(i);
             }
+            80..=87 => self.deliver_stale(),
             _ => {
                 let i = self.rng.below(NODES);
                 if self.leader.as_ref().is_some_and(|l| l.synced[i].is_none()) {
