@@ -299,7 +299,7 @@ fn a_new_primary_fences_the_old_one() {
     // A second compute for the same timeline, started by hand on another port.
     let binary = env!("CARGO_BIN_EXE_omendb");
     let new_addr = support::cluster::free_addr();
-    let args = compute_args_like(&cluster, new_addr);
+    let args = cluster.compute_args(new_addr);
     let log = std::fs::File::create(cluster.dir.join("logs/compute-2.log")).unwrap();
     let mut second = std::process::Command::new(binary)
         .args(&args)
@@ -321,37 +321,6 @@ fn a_new_primary_fences_the_old_one() {
     });
     let _ = second.kill();
     let _ = second.wait();
-}
-
-/// The compute's arguments of `cluster` with another listen address.
-fn compute_args_like(cluster: &Cluster, listen: std::net::SocketAddr) -> Vec<String> {
-    let sks: Vec<String> = support::cluster::SAFEKEEPERS
-        .iter()
-        .map(|s| cluster.addr(s).to_string())
-        .collect();
-    let timeline = timeline_of(cluster);
-    vec![
-        "compute".into(),
-        "--listen".into(),
-        listen.to_string(),
-        "--safekeepers".into(),
-        sks.join(","),
-        "--pageserver".into(),
-        cluster.addr("pageserver").to_string(),
-        "--timeline".into(),
-        timeline,
-    ]
-}
-
-fn timeline_of(cluster: &Cluster) -> String {
-    // The safekeepers keep one folder per timeline, named by its id.
-    let timelines = cluster.component_dir("safekeeper-1").join("timelines");
-    let entry = std::fs::read_dir(&timelines)
-        .expect("safekeeper timelines")
-        .flatten()
-        .next()
-        .expect("a timeline");
-    entry.file_name().to_string_lossy().into_owned()
 }
 
 #[test]

@@ -153,7 +153,6 @@ fn clean_message(text: &str) -> String {
         "This feature is not implemented: ",
         "SQL error: ",
         "Optimizer rule 'simplify_expressions' failed\ncaused by\n",
-        "Optimizer rule",
     ] {
         if let Some(rest) = text.strip_prefix(prefix) {
             text = rest.trim();

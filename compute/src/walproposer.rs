@@ -26,6 +26,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use ids::{Lsn, TimelineId};
+use safekeeper_api::majority;
 pub use safekeeper_api::{choose_donor, quorum_commit_lsn};
 use safekeeper_api::{AcceptorStatus, Request, Response, TermEntry, TermHistory};
 use tokio::net::TcpStream;
@@ -86,10 +87,6 @@ struct Shared {
 #[derive(Clone)]
 pub struct WalProposer {
     shared: Arc<Shared>,
-}
-
-fn majority(n: usize) -> usize {
-    n / 2 + 1
 }
 
 struct Conn {
@@ -377,11 +374,6 @@ impl WalProposer {
             .unwrap_or(Err(
                 ProposerError::CommitTimeout(timeout.as_millis() as u64),
             ))
-    }
-
-    /// Whether a newer primary has fenced this one.
-    pub fn fenced_by(&self) -> Option<u64> {
-        self.shared.inner.lock().expect("proposer lock").fenced_by
     }
 }
 

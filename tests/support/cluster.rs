@@ -187,6 +187,19 @@ impl Cluster {
         )
     }
 
+    /// The command-line arguments of the compute, listening on `listen` instead: a second
+    /// compute for the same timeline.
+    pub fn compute_args(&self, listen: SocketAddr) -> Vec<String> {
+        let mut args = self.components["compute"].args.clone();
+        let at = args
+            .iter()
+            .position(|a| a == "--listen")
+            .expect("compute has --listen")
+            + 1;
+        args[at] = listen.to_string();
+        args
+    }
+
     pub fn addr(&self, name: &str) -> SocketAddr {
         self.components[name].addr
     }
