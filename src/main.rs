@@ -49,6 +49,10 @@ enum Command {
         /// Folder for its WAL and control files.
         #[arg(long)]
         data_dir: PathBuf,
+        /// Object store to offload committed WAL to: a local folder (or file:// URL).
+        /// Without one, WAL is never removed locally.
+        #[arg(long)]
+        object_store: Option<String>,
     },
     /// Run the pageserver.
     Pageserver {
@@ -145,12 +149,17 @@ fn main() -> anyhow::Result<()> {
                 id,
                 listen,
                 data_dir,
+                object_store,
             } => {
                 safekeeper::run(
                     safekeeper::Config {
                         id,
                         listen,
                         data_dir,
+                        object_store_dir: object_store
+                            .as_deref()
+                            .map(object_store_dir)
+                            .transpose()?,
                     },
                     shutdown,
                 )

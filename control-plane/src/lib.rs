@@ -252,6 +252,8 @@ pub async fn start(config: StartConfig) -> anyhow::Result<()> {
                     .join(format!("safekeeper-{n}"))
                     .display()
                     .to_string(),
+                "--object-store".into(),
+                object_store_dir.display().to_string(),
             ],
             addr,
             log: log(&format!("safekeeper-{n}")),

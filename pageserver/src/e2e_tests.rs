@@ -16,7 +16,7 @@ use tokio::sync::{oneshot, watch};
 use wal::{Op, Transaction};
 
 use crate::manifest::Manifest;
-use crate::remote_storage::index_key;
+use crate::remote_layout::index_key;
 use crate::test_util::temp_dir;
 use crate::Config;
 
@@ -59,6 +59,8 @@ struct FakeSafekeeper {
     addr: SocketAddr,
     /// The `start_lsn` of every `StartReplication` received.
     starts: Arc<Mutex<Vec<Lsn>>>,
+    /// The `remote_consistent_lsn` of every `Feedback` received.
+    feedback: Arc<Mutex<Vec<Lsn>>>,
 }
 
 impl FakeSafekeeper {
@@ -67,29 +69,55 @@ impl FakeSafekeeper {
         wal: watch::Receiver<Bytes>,
         cut_first_after_bytes: Option<usize>,
     ) -> FakeSafekeeper {
+        FakeSafekeeper::start_offloaded(wal, cut_first_after_bytes, Lsn::ZERO).await
+    }
+
+    /// Like `start`, for a safekeeper that removed its WAL below `wal_start` (offloaded).
+    async fn start_offloaded(
+        wal: watch::Receiver<Bytes>,
+        cut_first_after_bytes: Option<usize>,
+        wal_start: Lsn,
+    ) -> FakeSafekeeper {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let starts = Arc::new(Mutex::new(Vec::new()));
-        let task_starts = starts.clone();
+        let feedback = Arc::new(Mutex::new(Vec::new()));
+        let (task_starts, task_feedback) = (starts.clone(), feedback.clone());
         tokio::spawn(async move {
             let mut cut = cut_first_after_bytes;
             loop {
                 let (stream, _) = listener.accept().await.unwrap();
                 let (wal, starts) = (wal.clone(), task_starts.clone());
-                tokio::spawn(stream_wal(stream, wal, starts, cut.take()));
+                let (read_half, write_half) = stream.into_split();
+                tokio::spawn(stream_wal(
+                    read_half,
+                    write_half,
+                    wal,
+                    starts,
+                    task_feedback.clone(),
+                    cut.take(),
+                    wal_start,
+                ));
             }
         });
-        FakeSafekeeper { addr, starts }
+        FakeSafekeeper {
+            addr,
+            starts,
+            feedback,
+        }
     }
 }
 
 async fn stream_wal(
-    mut stream: TcpStream,
+    mut reader: tokio::net::tcp::OwnedReadHalf,
+    mut stream: tokio::net::tcp::OwnedWriteHalf,
     mut wal: watch::Receiver<Bytes>,
     starts: Arc<Mutex<Vec<Lsn>>>,
+    feedback: Arc<Mutex<Vec<Lsn>>>,
     cut_after_bytes: Option<usize>,
+    wal_start: Lsn,
 ) {
-    let Ok(Some(frame)) = wire::read_frame(&mut stream).await else {
+    let Ok(Some(frame)) = wire::read_frame(&mut reader).await else {
         return;
     };
     let Ok(safekeeper_api::Request::StartReplication {
@@ -101,6 +129,21 @@ async fn stream_wal(
     };
     assert_eq!(timeline, TIMELINE);
     starts.lock().unwrap().push(start_lsn);
+    if start_lsn < wal_start {
+        let offloaded = safekeeper_api::Response::WalOffloaded { wal_start };
+        let _ = wire::write_frame(&mut stream, &offloaded.encode()).await;
+        return;
+    }
+    tokio::spawn(async move {
+        while let Ok(Some(frame)) = wire::read_frame(&mut reader).await {
+            match safekeeper_api::Request::decode(&frame) {
+                Ok(safekeeper_api::Request::Feedback {
+                    remote_consistent_lsn,
+                }) => feedback.lock().unwrap().push(remote_consistent_lsn),
+                other => panic!("unexpected message on a replication connection: {other:?}"),
+            }
+        }
+    });
     let mut position = start_lsn.0 as usize;
     let (mut n_chunks, mut n_sent) = (0, 0);
     loop {
@@ -582,5 +625,60 @@ async fn a_broken_replication_stream_resumes_from_the_last_applied_record() {
     assert!(starts.len() >= 2, "{starts:?}");
     assert_eq!(starts[0], Lsn(0));
     assert!(lsns[..3].contains(&starts[1]), "{starts:?}");
+    std::fs::remove_dir_all(&object_store).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wal_removed_from_the_safekeepers_is_read_from_the_object_store() {
+    use remote_storage::wal_objects::chunk_key;
+    use remote_storage::{PutMode, RemoteStorage};
+
+    let object_store = temp_dir("e2e-offloaded");
+    let mut wal = Wal::new();
+    let lsns: Vec<Lsn> = (0..30)
+        .map(|i| wal.commit(vec![put(1, &format!("{i:02}"), format!("v{i}").as_bytes())]))
+        .collect();
+    wal.publish();
+    // The safekeeper only keeps WAL from the 20th record on; below that it is offloaded.
+    let wal_start = lsns[19];
+    let safekeeper =
+        FakeSafekeeper::start_offloaded(wal.published.subscribe(), None, wal_start).await;
+    let pageserver = Pageserver::start(config(&object_store, vec![safekeeper.addr])).await;
+    let mut client = Client::connect(pageserver.addr).await;
+    // Not yet in the object store either: nothing is ingested, nothing made up.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(client.status().await.0, Lsn::ZERO);
+    assert!(matches!(
+        client.get(1, "00", lsns[0]).await,
+        Response::Error {
+            kind: ErrorKind::WaitLsnTimeout,
+            ..
+        }
+    ));
+    // Offload it as two chunks: the pageserver reads them, then streams the rest.
+    let remote = RemoteStorage::local(&object_store).unwrap();
+    let bytes = Bytes::from(wal.bytes.clone());
+    for (start, end) in [(Lsn::ZERO, lsns[9]), (lsns[9], wal_start)] {
+        let chunk = bytes.slice(start.0 as usize..end.0 as usize);
+        remote
+            .put(&chunk_key(TIMELINE, start, end), chunk, PutMode::CreateNew)
+            .await
+            .unwrap();
+    }
+    let (rows, _) = client.scan(1, None, None, lsns[29]).await;
+    assert_eq!(rows.len(), 30);
+    assert_eq!(client.value(1, "05", lsns[5]).await.as_deref(), Some("v5"));
+    assert_eq!(client.value(1, "25", lsns[24]).await, None);
+    // It went to the safekeeper again from where the object store left it.
+    let starts = safekeeper.starts.lock().unwrap().clone();
+    assert_eq!(starts.first(), Some(&Lsn::ZERO));
+    assert_eq!(starts.last(), Some(&wal_start), "{starts:?}");
+    // And it tells the safekeeper what is durable, so it may remove more.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !safekeeper.feedback.lock().unwrap().contains(&lsns[29]) {
+        assert!(Instant::now() < deadline, "no feedback for {}", lsns[29]);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    pageserver.stop().await;
     std::fs::remove_dir_all(&object_store).unwrap();
 }

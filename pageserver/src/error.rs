@@ -19,12 +19,8 @@ pub enum PageserverError {
     Corrupt { what: String, reason: String },
 
     /// An object-store request failed (after its retries, where it was worth retrying).
-    #[error("object store {op} of {path} failed: {cause}")]
-    ObjectStore {
-        op: &'static str,
-        path: String,
-        cause: object_store::Error,
-    },
+    #[error(transparent)]
+    Remote(#[from] remote_storage::RemoteStorageError),
 
     /// Another pageserver already wrote an index under the generation this one picked.
     #[error(
@@ -65,12 +61,6 @@ impl PageserverError {
 
     /// True when an object-store write failed because the object already existed.
     pub fn is_already_exists(&self) -> bool {
-        matches!(
-            self,
-            PageserverError::ObjectStore {
-                cause: object_store::Error::AlreadyExists { .. },
-                ..
-            }
-        )
+        matches!(self, PageserverError::Remote(e) if e.is_already_exists())
     }
 }

@@ -18,7 +18,7 @@ pub mod error;
 pub mod layer;
 pub mod limits;
 pub mod manifest;
-pub mod remote_storage;
+pub mod remote_layout;
 pub mod server;
 pub mod store;
 pub mod timeline;

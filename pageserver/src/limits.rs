@@ -19,11 +19,6 @@ pub const RECONNECT_BACKOFF_MIN_MS: u64 = 100;
 /// Longest pause between two reconnection attempts.
 pub const RECONNECT_BACKOFF_MAX_MS: u64 = 2_000;
 
-/// Attempts per object-store request (the first one included) before giving up.
-pub const OBJECT_STORE_ATTEMPTS_MAX: u32 = 3;
-/// Pause before the first retry of an object-store request; doubled for each later retry.
-pub const OBJECT_STORE_BACKOFF_MIN_MS: u64 = 100;
-
 /// A checkpoint cuts the transactions it uploads into delta layers of about this size (a
 /// layer may exceed it by one transaction, itself at most `wal::RECORD_BYTES_MAX`).
 pub const DELTA_LAYER_BYTES_TARGET: usize = 64 << 20;

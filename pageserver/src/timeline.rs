@@ -24,6 +24,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use ids::{Lsn, TenantId, TimelineId};
+use remote_storage::{PutMode, RemoteStorage};
 use tokio::sync::watch;
 use wal::{Op, Transaction};
 
@@ -31,7 +32,7 @@ use crate::error::{PageserverError, Result};
 use crate::layer;
 use crate::limits::{DELTA_LAYER_BYTES_TARGET, LAYER_FILE_BYTES_MAX, MANIFEST_BYTES_MAX};
 use crate::manifest::{LayerDesc, Manifest};
-use crate::remote_storage::{self, PutMode, RemoteStorage};
+use crate::remote_layout;
 use crate::store::{ScanLimits, ScanPage, Store};
 
 pub struct Timeline {
@@ -65,18 +66,18 @@ impl Timeline {
         tenant_id: TenantId,
         timeline_id: TimelineId,
     ) -> Result<Timeline> {
-        let prefix = remote_storage::timeline_prefix(tenant_id, timeline_id);
+        let prefix = remote_layout::timeline_prefix(tenant_id, timeline_id);
         let objects = remote.list(&prefix).await?;
         let highest = objects
             .iter()
             .filter_map(|object| object.key.strip_prefix(prefix.as_str())?.strip_prefix('/'))
-            .filter_map(remote_storage::parse_index_file_name)
+            .filter_map(remote_layout::parse_index_file_name)
             .max();
         let mut store = Store::new();
         let manifest = match highest {
             None => Manifest::empty(tenant_id, timeline_id, 0),
             Some(highest) => {
-                let key = remote_storage::index_key(tenant_id, timeline_id, highest);
+                let key = remote_layout::index_key(tenant_id, timeline_id, highest);
                 let bytes = remote.get(&key, MANIFEST_BYTES_MAX).await?;
                 let manifest = Manifest::decode(&bytes, tenant_id, timeline_id)
                     .map_err(|e| at_key(e, &key))?;
@@ -114,7 +115,7 @@ impl Timeline {
             generation,
             ..manifest.clone()
         };
-        let key = remote_storage::index_key(tenant_id, timeline_id, generation);
+        let key = remote_layout::index_key(tenant_id, timeline_id, generation);
         remote
             .put(&key, claimed.encode(), PutMode::CreateNew)
             .await
@@ -123,7 +124,7 @@ impl Timeline {
                     generation,
                     timeline: timeline_id,
                 },
-                false => e,
+                false => e.into(),
             })?;
         Ok(Timeline {
             tenant_id,
@@ -254,7 +255,7 @@ impl Timeline {
                 generation: self.generation,
                 size_bytes: bytes.len() as u64,
             };
-            let key = remote_storage::layer_key(self.tenant_id, self.timeline_id, &desc);
+            let key = remote_layout::layer_key(self.tenant_id, self.timeline_id, &desc);
             self.remote.put(&key, bytes, PutMode::Overwrite).await?;
             layers.push(desc);
             layer_start = layer_end;
@@ -266,7 +267,7 @@ impl Timeline {
             remote_consistent_lsn: end_lsn.0,
             layers,
         };
-        let key = remote_storage::index_key(self.tenant_id, self.timeline_id, self.generation);
+        let key = remote_layout::index_key(self.tenant_id, self.timeline_id, self.generation);
         self.remote
             .put(&key, manifest.encode(), PutMode::Overwrite)
             .await?;
@@ -315,7 +316,7 @@ async fn load_layer(
     desc: &LayerDesc,
     store: &mut Store,
 ) -> Result<()> {
-    let key = remote_storage::layer_key(tenant_id, timeline_id, desc);
+    let key = remote_layout::layer_key(tenant_id, timeline_id, desc);
     let bytes = remote.get(&key, LAYER_FILE_BYTES_MAX).await?;
     if bytes.len() as u64 != desc.size_bytes {
         let reason = format!("{} bytes, the index says {}", bytes.len(), desc.size_bytes);

@@ -50,11 +50,11 @@ fn lsns_to_check(history: &[(Lsn, Transaction)], up_to: Lsn) -> Vec<Lsn> {
 
 fn index_generations(root: &std::path::Path) -> Vec<u32> {
     let (tenant, timeline) = ids();
-    let folder = root.join(remote_storage::timeline_prefix(tenant, timeline));
+    let folder = root.join(remote_layout::timeline_prefix(tenant, timeline));
     let mut generations: Vec<u32> = std::fs::read_dir(folder)
         .unwrap()
         .filter_map(|entry| {
-            remote_storage::parse_index_file_name(entry.unwrap().file_name().to_str()?)
+            remote_layout::parse_index_file_name(entry.unwrap().file_name().to_str()?)
         })
         .collect();
     generations.sort();
@@ -151,7 +151,7 @@ async fn corrupt_index_or_layer_is_a_clear_error() {
     let layer = timeline.uploads.lock().await.layers[0].clone();
     drop(timeline);
 
-    let layer_path = root.join(remote_storage::layer_key(tenant, timeline_id, &layer));
+    let layer_path = root.join(remote_layout::layer_key(tenant, timeline_id, &layer));
     let good_layer = std::fs::read(&layer_path).unwrap();
     let mut bad_layer = good_layer.clone();
     let middle = bad_layer.len() / 2;
@@ -168,7 +168,7 @@ async fn corrupt_index_or_layer_is_a_clear_error() {
     // The failed load claimed no generation; this one claims 2 and writes index 2.
     let reloaded = load(&root).await.unwrap();
     assert_eq!(reloaded.generation(), 2);
-    let index_path = root.join(remote_storage::index_key(tenant, timeline_id, 2));
+    let index_path = root.join(remote_layout::index_key(tenant, timeline_id, 2));
     let mut index = std::fs::read(&index_path).unwrap();
     let digit = index.iter().position(|b| b.is_ascii_digit()).unwrap();
     index[digit] = if index[digit] == b'9' {

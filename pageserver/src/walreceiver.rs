@@ -3,9 +3,15 @@
 //! ```text
 //!  connect(safekeeper i) ─▶ StartReplication { timeline, start_lsn: last_record_lsn }
 //!        ◀─ WalData { start_lsn, commit_lsn, data } ... (empty data: keepalive, every 1 s)
+//!        ─▶ Feedback { remote_consistent_lsn }  whenever more is durable in the object store
 //!  data ─▶ RecordSplitter ─▶ (end LSN, Transaction) ─▶ Timeline::ingest
+//!        ◀─ WalOffloaded { wal_start }: read offloaded chunks (wal/<timeline>/...) from the
+//!           object store up to wal_start, ingest them, reconnect
 //!  error, end of stream, or no frame for 5 s ─▶ pause (100 ms doubling to 2 s) ─▶ safekeeper i+1
 //! ```
+//!
+//! The feedback is what lets safekeepers remove WAL: they keep everything above the lowest
+//! of what is offloaded and what the pageserver reported durable.
 //!
 //! Each connection starts from the last applied LSN with a fresh splitter, so a record cut by
 //! a broken connection is simply read again whole. The WAL bytes must continue exactly where
@@ -18,6 +24,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use ids::Lsn;
+use remote_storage::wal_objects;
 use safekeeper_api::{Request, Response};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -81,7 +89,7 @@ async fn stream_from(
 ) -> Result<std::convert::Infallible> {
     let connect_timeout = Duration::from_millis(SAFEKEEPER_CONNECT_TIMEOUT_MS);
     let idle_timeout = Duration::from_millis(WAL_RECEIVER_IDLE_TIMEOUT_MS);
-    let mut stream = tokio::time::timeout(connect_timeout, TcpStream::connect(addr))
+    let stream = tokio::time::timeout(connect_timeout, TcpStream::connect(addr))
         .await
         .map_err(|_| {
             PageserverError::Replication(format!(
@@ -90,12 +98,14 @@ async fn stream_from(
             ))
         })??;
     stream.set_nodelay(true)?;
+    let (mut stream, mut sender) = stream.into_split();
     let start_lsn = timeline.last_record_lsn();
     let request = Request::StartReplication {
         timeline: timeline.timeline_id(),
         start_lsn,
     };
-    wire::write_frame(&mut stream, &request.encode()).await?;
+    wire::write_frame(&mut sender, &request.encode()).await?;
+    let mut feedback_sent = Lsn::ZERO;
     tracing::info!(
         "WAL receiver for timeline {}: streaming from {addr} at LSN {start_lsn}",
         timeline.timeline_id()
@@ -116,7 +126,22 @@ async fn stream_from(
             .ok_or_else(|| {
                 PageserverError::Replication("the safekeeper closed the connection".into())
             })?;
+        let durable = timeline.remote_consistent_lsn();
+        if durable > feedback_sent {
+            let feedback = Request::Feedback {
+                remote_consistent_lsn: durable,
+            };
+            wire::write_frame(&mut sender, &feedback.encode()).await?;
+            feedback_sent = durable;
+        }
         match Response::decode(&frame)? {
+            Response::WalOffloaded { wal_start } => {
+                ingest_offloaded(timeline, wal_start).await?;
+                *made_progress = true;
+                return Err(PageserverError::Replication(format!(
+                    "WAL below {wal_start} was read from the object store; reconnecting"
+                )));
+            }
             Response::WalData {
                 start_lsn: data_lsn,
                 commit_lsn: _,
@@ -146,6 +171,42 @@ async fn stream_from(
                     "unexpected message {other:?}"
                 )));
             }
+        }
+    }
+}
+
+/// The largest offloaded WAL chunk accepted on download: a segment window (16 MiB) plus one
+/// record that crosses its end.
+const OFFLOADED_CHUNK_BYTES_MAX: u64 = (16 << 20) + wal::RECORD_BYTES_MAX as u64;
+
+/// Ingests offloaded WAL from the object store, from the last applied LSN up to `until` (the
+/// start of what the safekeeper still has). Every record is checksum-verified by the splitter.
+async fn ingest_offloaded(timeline: &Timeline, until: Lsn) -> Result<()> {
+    let timeline_id = timeline.timeline_id();
+    loop {
+        let pos = timeline.last_record_lsn();
+        if pos >= until {
+            return Ok(());
+        }
+        let data = wal_objects::read_from(timeline.remote(), timeline_id, pos, OFFLOADED_CHUNK_BYTES_MAX)
+            .await?
+            .ok_or_else(|| {
+                PageserverError::Replication(format!(
+                    "WAL at {pos} is neither on the safekeeper (which starts at {until}) nor in the object store"
+                ))
+            })?;
+        tracing::info!(
+            "timeline {timeline_id}: ingesting {} bytes of offloaded WAL from {pos}",
+            data.len()
+        );
+        let mut splitter = wal::RecordSplitter::new(pos);
+        for (end_lsn, txn) in splitter.push(&data)? {
+            timeline.ingest(end_lsn, txn)?;
+        }
+        if splitter.position() != pos.add(data.len() as u64) {
+            return Err(PageserverError::Replication(format!(
+                "offloaded WAL from {pos} ends inside a record"
+            )));
         }
     }
 }

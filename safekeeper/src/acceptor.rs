@@ -25,7 +25,7 @@ use safekeeper_api::{AcceptorStatus, Request, Response, TermHistory};
 use crate::error::{Result, SafekeeperError};
 use crate::limits::{
     BOUNDARY_HINTS_MAX, BOUNDARY_HINT_STRIDE_BYTES, CONTROL_CHECKPOINT_BYTES, READ_WAL_BYTES_MAX,
-    SCAN_CHUNK_BYTES, TERM_HISTORY_ENTRIES_MAX,
+    SCAN_CHUNK_BYTES, SEGMENT_BYTES, TERM_HISTORY_ENTRIES_MAX,
 };
 
 /// The acceptor state that lives in the control file.
@@ -38,6 +38,11 @@ pub struct ControlState {
     pub flush_lsn: Lsn,
     /// The highest LSN known to be on a majority (may lag the true value after a crash).
     pub commit_lsn: Lsn,
+    /// The WAL below this record boundary is in the object store (whole chunks, see
+    /// `wal_backup`).
+    pub backup_lsn: Lsn,
+    /// The pageserver's state up to this LSN is durable in the object store.
+    pub remote_consistent_lsn: Lsn,
 }
 
 /// Durable storage of one timeline's acceptor: a control state and a WAL byte stream.
@@ -56,8 +61,14 @@ pub trait AcceptorStorage: Send + 'static {
     fn sync_wal(&mut self) -> Result<()>;
     /// Removes all WAL at and after `lsn`, durably.
     fn truncate_wal(&mut self, lsn: Lsn) -> Result<()>;
-    /// The raw WAL bytes `[start, end)`; `end` is at most the end of the written WAL.
+    /// The raw WAL bytes `[start, end)`; `wal_start() <= start` and `end` is at most the end
+    /// of the written WAL.
     fn read_wal_raw(&mut self, start: Lsn, end: Lsn) -> Result<Vec<u8>>;
+    /// The first WAL byte kept locally: WAL below it was offloaded and removed.
+    fn wal_start(&self) -> Lsn;
+    /// Removes, durably, whole stretches of WAL below `lsn` (whole segment files); returns
+    /// the new [`AcceptorStorage::wal_start`], which stays at or below `lsn`.
+    fn remove_wal_below(&mut self, lsn: Lsn) -> Result<Lsn>;
 
     /// Whole, checksum-verified records starting at `start` (a record boundary) and ending
     /// at or below `end`: as many as fit in `max_bytes`, but at least the first one if it
@@ -68,29 +79,42 @@ pub trait AcceptorStorage: Send + 'static {
         if available < wal::RECORD_HEADER_BYTES as u64 {
             return Ok(Bytes::new());
         }
-        let header = self.read_wal_raw(start, start.add(wal::RECORD_HEADER_BYTES as u64))?;
+        if start < self.wal_start() {
+            return Err(SafekeeperError::WalOffloaded {
+                lsn: start,
+                wal_start: self.wal_start(),
+            });
+        }
+        let corrupt = |lsn: Lsn, reason: String| SafekeeperError::CorruptRecord { lsn, reason };
+        let read = |storage: &mut Self, n_bytes: u64| {
+            storage
+                .read_wal_raw(start, start.add(n_bytes))
+                .map_err(|e| corrupt(start, e.to_string()))
+        };
+        let header = read(self, wal::RECORD_HEADER_BYTES as u64)?;
         let body_len = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
         if body_len == 0 || body_len > wal::RECORD_BYTES_MAX {
-            return Err(SafekeeperError::Corrupt(format!(
-                "WAL record at {start} has a bad length {body_len} (is {start} a record boundary?)"
-            )));
+            return Err(corrupt(
+                start,
+                format!("bad record length {body_len} (or {start} is not a record boundary)"),
+            ));
         }
         let first_bytes = (wal::RECORD_HEADER_BYTES + body_len) as u64;
         if first_bytes > available {
             return Ok(Bytes::new());
         }
         let want_bytes = first_bytes.max(available.min(max_bytes as u64));
-        let raw = self.read_wal_raw(start, start.add(want_bytes))?;
+        let mut raw = read(self, want_bytes)?;
         let mut pos = 0;
         while pos < raw.len() {
-            match wal::next_record_len(&raw[pos..], start.add(pos as u64)) {
+            let lsn = start.add(pos as u64);
+            match wal::next_record_len(&raw[pos..], lsn) {
                 Ok(Some(len)) => pos += len,
                 Ok(None) => break,
-                Err(e) => return Err(SafekeeperError::Corrupt(e.to_string())),
+                Err(e) => return Err(corrupt(lsn, e.to_string())),
             }
         }
         assert!(pos as u64 >= first_bytes, "the first record was read whole");
-        let mut raw = raw;
         raw.truncate(pos);
         Ok(Bytes::from(raw))
     }
@@ -120,7 +144,12 @@ pub struct Acceptor<S: AcceptorStorage> {
     commit_lsn: Lsn,
     /// The control state as last persisted.
     persisted: ControlState,
-    /// Known record boundaries at or below `flush_lsn`, ascending, sparse.
+    /// See [`ControlState::backup_lsn`]; persisted with the next control write.
+    backup_lsn: Lsn,
+    /// See [`ControlState::remote_consistent_lsn`]; persisted with the next control write.
+    remote_consistent_lsn: Lsn,
+    /// Known record boundaries at or below `flush_lsn` (and at or above the local WAL's
+    /// start), ascending, sparse.
     boundary_hints: Vec<Lsn>,
     /// Set after a failed storage mutation: why the acceptor refuses work.
     broken: Option<String>,
@@ -169,7 +198,13 @@ impl<S: AcceptorStorage> Acceptor<S> {
         }
         validate_term_history(&control.term_history, control.term)
             .map_err(SafekeeperError::Corrupt)?;
-        let mut boundary_hints: Vec<Lsn> = vec![Lsn::ZERO, control.flush_lsn, wal_end];
+        let wal_start = storage.wal_start();
+        let mut boundary_hints: Vec<Lsn> = vec![
+            Lsn::ZERO,
+            control.flush_lsn,
+            wal_end,
+            control.backup_lsn.min(wal_end),
+        ];
         boundary_hints.extend(
             control
                 .term_history
@@ -178,6 +213,9 @@ impl<S: AcceptorStorage> Acceptor<S> {
                 .map(|e| e.start_lsn)
                 .filter(|l| *l <= wal_end),
         );
+        // Below the local WAL's start no walk can begin (the backup LSN is a boundary at or
+        // above it once anything was removed).
+        boundary_hints.retain(|hint| *hint >= wal_start);
         boundary_hints.sort_unstable();
         boundary_hints.dedup();
         Ok(Acceptor {
@@ -186,6 +224,8 @@ impl<S: AcceptorStorage> Acceptor<S> {
             term_history: control.term_history.clone(),
             flush_lsn: wal_end,
             commit_lsn: control.commit_lsn,
+            backup_lsn: control.backup_lsn,
+            remote_consistent_lsn: control.remote_consistent_lsn,
             persisted: control,
             boundary_hints,
             broken: None,
@@ -272,16 +312,12 @@ impl<S: AcceptorStorage> Acceptor<S> {
                 start_lsn,
                 end_lsn,
                 max_bytes,
-            } => {
-                let end = end_lsn.min(self.flush_lsn);
-                let max_bytes = (max_bytes as usize).min(READ_WAL_BYTES_MAX);
-                Ok(match self.storage.read_records(start_lsn, end, max_bytes) {
-                    Ok(data) => Response::Wal { start_lsn, data },
-                    Err(e) => error_response(format!("cannot read WAL at {start_lsn}: {e}")),
-                })
-            }
-            Request::StartReplication { .. } => Ok(error_response(
-                "StartReplication is not allowed on a proposer connection".into(),
+            } => Ok(match self.read_wal(start_lsn, end_lsn, max_bytes) {
+                Ok(data) => Response::Wal { start_lsn, data },
+                Err(e) => error_response(format!("cannot read WAL at {start_lsn}: {e}")),
+            }),
+            Request::StartReplication { .. } | Request::Feedback { .. } => Ok(error_response(
+                "StartReplication and Feedback belong on a replication connection".into(),
             )),
         }
     }
@@ -312,6 +348,8 @@ impl<S: AcceptorStorage> Acceptor<S> {
             term_history: self.term_history.clone(),
             flush_lsn: self.flush_lsn,
             commit_lsn: self.commit_lsn,
+            backup_lsn: self.backup_lsn,
+            remote_consistent_lsn: self.remote_consistent_lsn,
         }
     }
 
@@ -423,7 +461,7 @@ impl<S: AcceptorStorage> Acceptor<S> {
             self.boundary_hints[idx - 1]
         };
         while pos < lsn {
-            let data = self.storage.read_records(pos, lsn, SCAN_CHUNK_BYTES)?;
+            let data = self.read_verified(pos, lsn, SCAN_CHUNK_BYTES)?;
             if data.is_empty() {
                 return Ok(false);
             }
@@ -551,7 +589,136 @@ impl<S: AcceptorStorage> Acceptor<S> {
     pub fn read_committed(&mut self, start_lsn: Lsn, max_bytes: usize) -> Result<(Bytes, Lsn)> {
         self.check_usable()?;
         let end = self.commit_lsn.min(self.flush_lsn);
-        Ok((self.storage.read_records(start_lsn, end, max_bytes)?, end))
+        Ok((self.read_verified(start_lsn, end, max_bytes)?, end))
+    }
+
+    /// Flushed WAL `[start_lsn, min(end_lsn, flush_lsn))`: whole records, at most
+    /// `max_bytes` (capped by `READ_WAL_BYTES_MAX`) but at least one record (recovery reads).
+    pub fn read_wal(&mut self, start_lsn: Lsn, end_lsn: Lsn, max_bytes: u32) -> Result<Bytes> {
+        self.check_usable()?;
+        let end = end_lsn.min(self.flush_lsn);
+        let max_bytes = (max_bytes as usize).min(READ_WAL_BYTES_MAX);
+        self.read_verified(start_lsn, end, max_bytes)
+    }
+
+    /// Reads records; when one fails its checks, cuts the local WAL before it (see
+    /// [`Acceptor::cut_at_corruption`]) and returns the error: no reader gets bad bytes.
+    fn read_verified(&mut self, start: Lsn, end: Lsn, max_bytes: usize) -> Result<Bytes> {
+        match self.storage.read_records(start, end, max_bytes) {
+            Err(SafekeeperError::CorruptRecord { lsn, reason }) => {
+                let cut = self.cut_at_corruption(lsn);
+                self.poison_on_error(cut)?;
+                Err(SafekeeperError::CorruptRecord { lsn, reason })
+            }
+            other => other,
+        }
+    }
+
+    /// Repairs a corrupt record reported at `reported`: if walking whole records from a
+    /// known boundary confirms that a record at or before `reported` is bad (so a reader's
+    /// made-up start cannot make us cut anything), the WAL from that record on is removed,
+    /// durably, and `flush_lsn` and `commit_lsn` go back to it. The safekeeper then lacks
+    /// that WAL like any lagging one, and the proposer refills it from its peers (its next
+    /// append here fails, it reconnects, and recovery streams from the new flush LSN).
+    /// Returns where it cut, if it did.
+    fn cut_at_corruption(&mut self, reported: Lsn) -> Result<Option<Lsn>> {
+        let idx = self
+            .boundary_hints
+            .partition_point(|hint| *hint <= reported);
+        if idx == 0 {
+            return Ok(None);
+        }
+        let mut pos = self.boundary_hints[idx - 1];
+        let bad = loop {
+            if pos == reported {
+                break reported;
+            }
+            match self.storage.read_records(pos, reported, SCAN_CHUNK_BYTES) {
+                // The record at `pos` crosses `reported`: not a boundary, nothing to repair.
+                Ok(data) if data.is_empty() => return Ok(None),
+                Ok(data) => pos = pos.add(data.len() as u64),
+                Err(SafekeeperError::CorruptRecord { lsn, .. }) => break lsn,
+                Err(_) => return Ok(None),
+            }
+        };
+        if bad >= self.flush_lsn {
+            return Ok(None);
+        }
+        tracing::error!(
+            "WAL record at {bad} is corrupt: removing the local WAL from {bad} to {} (commit_lsn {}); the proposer refills it from peers",
+            self.flush_lsn,
+            self.commit_lsn
+        );
+        self.commit_lsn = self.commit_lsn.min(bad);
+        // As in `elected`: the control file first, so a crash in between scans from `bad`.
+        self.persist(ControlState {
+            flush_lsn: bad,
+            ..self.control_now()
+        })?;
+        self.storage.truncate_wal(bad)?;
+        self.flush_lsn = bad;
+        self.boundary_hints.retain(|hint| *hint <= bad);
+        self.boundary_hints.push(bad);
+        self.boundary_hints.dedup();
+        Ok(Some(bad))
+    }
+
+    pub fn backup_lsn(&self) -> Lsn {
+        self.backup_lsn
+    }
+    pub fn remote_consistent_lsn(&self) -> Lsn {
+        self.remote_consistent_lsn
+    }
+    pub fn wal_start(&self) -> Lsn {
+        self.storage.wal_start()
+    }
+
+    /// Notes the pageserver's durable LSN (persisted with the next control write).
+    pub fn note_remote_consistent_lsn(&mut self, lsn: Lsn) {
+        self.remote_consistent_lsn = self.remote_consistent_lsn.max(lsn.min(self.commit_lsn));
+    }
+
+    /// Records that the object store holds the WAL below `backup_lsn` (a record boundary at
+    /// or below `commit_lsn`), then removes local WAL below the horizon: what is both
+    /// offloaded and durable at the pageserver. The control file is written first, so after
+    /// a crash the safekeeper never looks for removed WAL. Returns the new local WAL start.
+    pub fn offloaded(&mut self, backup_lsn: Lsn) -> Result<Lsn> {
+        self.check_usable()?;
+        let advanced = backup_lsn > self.backup_lsn;
+        if advanced && backup_lsn > self.commit_lsn {
+            return Err(SafekeeperError::Internal(format!(
+                "backup LSN {backup_lsn} above commit_lsn {}",
+                self.commit_lsn
+            )));
+        }
+        self.backup_lsn = self.backup_lsn.max(backup_lsn);
+        let horizon = self
+            .backup_lsn
+            .min(self.remote_consistent_lsn)
+            .min(self.commit_lsn);
+        let wal_start = self.storage.wal_start();
+        let removable = horizon.0 / SEGMENT_BYTES > wal_start.0 / SEGMENT_BYTES;
+        if !advanced && !removable {
+            return Ok(wal_start);
+        }
+        let result = self.remove_below(horizon);
+        self.poison_on_error(result)
+    }
+
+    fn remove_below(&mut self, horizon: Lsn) -> Result<Lsn> {
+        if self.control_now() != self.persisted {
+            self.persist(self.control_now())?;
+        }
+        let wal_start = self.storage.remove_wal_below(horizon)?;
+        if wal_start > Lsn::ZERO {
+            // `horizon` is a record boundary (backup, pageserver and commit LSNs all are).
+            self.boundary_hints.retain(|hint| *hint >= wal_start);
+            let idx = self.boundary_hints.partition_point(|hint| *hint < horizon);
+            if self.boundary_hints.get(idx) != Some(&horizon) {
+                self.boundary_hints.insert(idx, horizon);
+            }
+        }
+        Ok(wal_start)
     }
 
     /// Persists the flush and commit LSNs if they moved since the last control write (on

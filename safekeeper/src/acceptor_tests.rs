@@ -517,8 +517,10 @@ fn reads_return_whole_records_and_fail_on_corruption() {
     );
     assert_eq!(read(&mut acceptor, end, end + 100, u32::MAX), Ok(0));
     assert_eq!(read(&mut acceptor, end + 100, end + 200, u32::MAX), Ok(0));
-    // A start inside a record is an error, not garbage.
+    // A start inside a record is an error, not garbage, and cuts nothing: the acceptor only
+    // repairs a bad record that a walk from a known boundary confirms.
     assert!(read(&mut acceptor, 3, end, u32::MAX).is_err());
+    assert_eq!(acceptor.flush_lsn(), Lsn(end));
 
     let mut storage = acceptor.into_storage();
     storage.corrupt_wal_byte(Lsn(2 * record_bytes + 20));
@@ -527,9 +529,19 @@ fn reads_return_whole_records_and_fail_on_corruption() {
         read(&mut acceptor, 0, end, (2 * record_bytes) as u32),
         Ok(2 * record_bytes)
     );
+    assert_eq!(acceptor.flush_lsn(), Lsn(end), "no bad record read yet");
     let message = read(&mut acceptor, 0, end, u32::MAX).unwrap_err();
     assert!(message.contains("checksum"), "{message}");
-    assert!(read(&mut acceptor, 2 * record_bytes, end, 1).is_err());
+    // The bad record and everything after it are gone, durably: the safekeeper now lags
+    // like any other, and the proposer refills it from its peers.
+    let cut = Lsn(2 * record_bytes);
+    assert_eq!(acceptor.flush_lsn(), cut);
+    assert!(acceptor.commit_lsn() <= cut);
+    assert_eq!(acceptor.storage().control().flush_lsn, cut);
+    assert_eq!(read(&mut acceptor, 2 * record_bytes, end, 1), Ok(0));
+    assert_eq!(read(&mut acceptor, 0, end, u32::MAX), Ok(2 * record_bytes));
+    let acceptor = restart(acceptor, usize::MAX);
+    assert_eq!(acceptor.flush_lsn(), cut);
 }
 
 #[test]

@@ -5,8 +5,11 @@
 //! | magic (8)  | version: u32 | length: u32 | payload (length bytes) | crc32c: u32 |
 //! +------------+--------------+-------------+-----------------------+------------+
 //! payload = term: u64, flush_lsn: u64, commit_lsn: u64,
+//!           backup_lsn: u64, remote_consistent_lsn: u64,        (version 2 on)
 //!           n_entries: u32, n_entries x (term: u64, start_lsn: u64)
 //! ```
+//!
+//! Version 1 files (without the two offload LSNs) are read as if both were 0.
 //!
 //! Integers are big-endian; the CRC32C covers every byte before it. The file is replaced
 //! atomically: written to `control.tmp`, fsynced, renamed over `control`, and the folder
@@ -28,8 +31,10 @@ use crate::limits::CONTROL_FILE_BYTES_MAX;
 pub const CONTROL_FILE_NAME: &str = "control";
 const CONTROL_TEMP_FILE_NAME: &str = "control.tmp";
 const MAGIC: [u8; 8] = *b"OMSKCTRL";
-/// Version of the control file layout.
-pub const CONTROL_FORMAT_VERSION: u32 = 1;
+/// Version of the control file layout written.
+pub const CONTROL_FORMAT_VERSION: u32 = 2;
+/// The oldest layout still read.
+const CONTROL_FORMAT_VERSION_MIN: u32 = 1;
 const HEADER_BYTES: usize = 16;
 const CRC_BYTES: usize = 4;
 
@@ -38,7 +43,9 @@ pub fn encode(control: &ControlState) -> Vec<u8> {
     payload
         .u64(control.term)
         .lsn(control.flush_lsn)
-        .lsn(control.commit_lsn);
+        .lsn(control.commit_lsn)
+        .lsn(control.backup_lsn)
+        .lsn(control.remote_consistent_lsn);
     payload.u32(control.term_history.0.len() as u32);
     for entry in &control.term_history.0 {
         payload.u64(entry.term).lsn(entry.start_lsn);
@@ -71,9 +78,9 @@ pub fn decode(bytes: &[u8]) -> Result<ControlState> {
         )));
     }
     let version = u32::from_be_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]);
-    if version != CONTROL_FORMAT_VERSION {
+    if !(CONTROL_FORMAT_VERSION_MIN..=CONTROL_FORMAT_VERSION).contains(&version) {
         return Err(corrupt(format!(
-            "unsupported version {version} (this build reads {CONTROL_FORMAT_VERSION})"
+            "unsupported version {version} (this build reads {CONTROL_FORMAT_VERSION_MIN} to {CONTROL_FORMAT_VERSION})"
         )));
     }
     let length = u32::from_be_bytes([bytes[12], bytes[13], bytes[14], bytes[15]]) as usize;
@@ -87,6 +94,14 @@ pub fn decode(bytes: &[u8]) -> Result<ControlState> {
     let term = decoder.u64().map_err(wire_error)?;
     let flush_lsn = decoder.lsn().map_err(wire_error)?;
     let commit_lsn = decoder.lsn().map_err(wire_error)?;
+    let (backup_lsn, remote_consistent_lsn) = if version >= 2 {
+        (
+            decoder.lsn().map_err(wire_error)?,
+            decoder.lsn().map_err(wire_error)?,
+        )
+    } else {
+        (ids::Lsn::ZERO, ids::Lsn::ZERO)
+    };
     let n_entries = decoder.count(16).map_err(wire_error)?;
     let mut entries = Vec::with_capacity(n_entries);
     for _ in 0..n_entries {
@@ -101,6 +116,8 @@ pub fn decode(bytes: &[u8]) -> Result<ControlState> {
         term_history: TermHistory(entries),
         flush_lsn,
         commit_lsn,
+        backup_lsn,
+        remote_consistent_lsn,
     };
     validate_term_history(&control.term_history, control.term).map_err(corrupt)?;
     if control.commit_lsn > control.flush_lsn {
@@ -187,6 +204,8 @@ mod tests {
             ]),
             flush_lsn: Lsn(5000),
             commit_lsn: Lsn(4500),
+            backup_lsn: Lsn(4000),
+            remote_consistent_lsn: Lsn(4200),
         };
         let bytes = encode(&control);
         assert_eq!(decode(&bytes).unwrap(), control);
@@ -198,5 +217,33 @@ mod tests {
         for cut in 0..bytes.len() {
             assert!(decode(&bytes[..cut]).is_err(), "cut at {cut} not caught");
         }
+    }
+
+    #[test]
+    fn version_1_files_read_with_zero_offload_lsns() {
+        let mut payload = Encoder::default();
+        payload
+            .u64(3)
+            .lsn(Lsn(900))
+            .lsn(Lsn(800))
+            .u32(1)
+            .u64(3)
+            .lsn(Lsn(0));
+        let payload = payload.finish();
+        let mut bytes = MAGIC.to_vec();
+        bytes.extend_from_slice(&1u32.to_be_bytes());
+        bytes.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+        bytes.extend_from_slice(&payload);
+        let crc = crc32c::crc32c(&bytes);
+        bytes.extend_from_slice(&crc.to_be_bytes());
+        let control = decode(&bytes).unwrap();
+        assert_eq!(
+            (control.flush_lsn, control.commit_lsn),
+            (Lsn(900), Lsn(800))
+        );
+        assert_eq!(
+            (control.backup_lsn, control.remote_consistent_lsn),
+            (Lsn::ZERO, Lsn::ZERO)
+        );
     }
 }

@@ -19,6 +19,18 @@ pub enum SafekeeperError {
     /// missing WAL). The timeline must not be served until someone looks at it.
     #[error("corrupt data: {0}")]
     Corrupt(String),
+    /// A WAL record failed its checks (checksum, length, missing bytes). `lsn` is where the
+    /// bad record starts if the read started at a record boundary (the acceptor checks that
+    /// before it acts on it).
+    #[error("corrupt WAL record at {lsn}: {reason}")]
+    CorruptRecord { lsn: ids::Lsn, reason: String },
+    /// The WAL at `lsn` was offloaded to the object store and removed here: this
+    /// safekeeper keeps WAL from `wal_start` on.
+    #[error("WAL at {lsn} was offloaded and removed from this safekeeper, which keeps WAL from {wal_start} on")]
+    WalOffloaded { lsn: ids::Lsn, wal_start: ids::Lsn },
+    /// An object-store request failed.
+    #[error(transparent)]
+    Remote(#[from] remote_storage::RemoteStorageError),
     /// A peer broke the protocol (malformed message, wrong first request).
     #[error("protocol error: {0}")]
     Protocol(String),

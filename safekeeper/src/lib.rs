@@ -23,6 +23,7 @@ mod error;
 pub mod limits;
 pub mod memory_storage;
 mod server;
+pub mod wal_backup;
 pub mod wal_storage;
 
 #[cfg(test)]
@@ -42,6 +43,9 @@ pub struct Config {
     pub listen: std::net::SocketAddr,
     /// Where timelines live (`<data_dir>/timelines/<timeline hex>/`).
     pub data_dir: std::path::PathBuf,
+    /// The object store (a local folder) that committed WAL is offloaded to; without one,
+    /// WAL is kept locally for ever.
+    pub object_store_dir: Option<std::path::PathBuf>,
 }
 
 /// Binds, logs "safekeeper {id} listening on {addr}", serves until `shutdown` resolves,
@@ -58,7 +62,14 @@ pub async fn run(
         .with_context(|| format!("binding {}", config.listen))?;
     let addr = listener.local_addr().context("reading the bound address")?;
     tracing::info!("safekeeper {} listening on {addr}", config.id);
-    server::Server::new(config.id, config.data_dir)
+    let remote = match &config.object_store_dir {
+        Some(dir) => Some(
+            remote_storage::RemoteStorage::local(dir)
+                .with_context(|| format!("opening the object store {}", dir.display()))?,
+        ),
+        None => None,
+    };
+    server::Server::new(config.id, config.data_dir, remote)
         .serve(listener, shutdown)
         .await;
     Ok(())

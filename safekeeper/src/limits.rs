@@ -58,3 +58,12 @@ pub const BOUNDARY_HINTS_MAX: usize = 4096;
 
 /// Pause after a failed `accept` (for example, out of file descriptors).
 pub const ACCEPT_RETRY_DELAY_MS: u64 = 100;
+
+/// How often each timeline checks for WAL to offload and WAL to remove.
+pub const BACKUP_INTERVAL_MS: u64 = 1_000;
+
+/// Length of one uploader lease slot: in each, one safekeeper per timeline uploads WAL.
+pub const LEASE_SLOT_MS: u64 = 10_000;
+
+/// Lease objects older than this many slots are deleted by the current holder.
+pub const LEASE_SLOTS_KEPT: u64 = 6;

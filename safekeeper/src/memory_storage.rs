@@ -30,6 +30,8 @@ pub struct MemoryStorage {
     wal: Vec<u8>,
     /// `wal[..synced_len]` survives a crash.
     synced_len: usize,
+    /// WAL below this was "removed" (reads below it fail as they would on disk).
+    wal_start: Lsn,
     n_syncs: u64,
     pub faults: InjectedFaults,
 }
@@ -141,7 +143,25 @@ impl AcceptorStorage for MemoryStorage {
         Ok(())
     }
 
+    fn wal_start(&self) -> Lsn {
+        self.wal_start
+    }
+
+    /// Keeps the bytes (this is memory) but refuses reads below the new start, which moves
+    /// in steps of `SEGMENT_BYTES` like the file-backed storage's.
+    fn remove_wal_below(&mut self, lsn: Lsn) -> Result<Lsn> {
+        let segment = crate::limits::SEGMENT_BYTES;
+        self.wal_start = self.wal_start.max(Lsn(lsn.0 / segment * segment));
+        Ok(self.wal_start)
+    }
+
     fn read_wal_raw(&mut self, start: Lsn, end: Lsn) -> Result<Vec<u8>> {
+        if start < self.wal_start {
+            return Err(SafekeeperError::WalOffloaded {
+                lsn: start,
+                wal_start: self.wal_start,
+            });
+        }
         if start > end || end.0 > self.wal.len() as u64 {
             return Err(SafekeeperError::Internal(format!(
                 "WAL read {start}..{end} outside the written WAL (ends at {})",

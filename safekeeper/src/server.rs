@@ -27,8 +27,9 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use ids::{Lsn, TimelineId};
+use remote_storage::RemoteStorage;
 use safekeeper_api::{Request, Response};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Mutex, Semaphore};
@@ -39,9 +40,10 @@ use crate::acceptor::{Acceptor, Append, ProposerSession};
 use crate::error::{Result, SafekeeperError};
 use crate::limits::{
     ACCEPT_RETRY_DELAY_MS, CONNECTIONS_MAX, GROUP_COMMIT_APPENDS_MAX, GROUP_COMMIT_BYTES_MAX,
-    KEEPALIVE_INTERVAL_MS, READ_BUFFER_BYTES, REPLICATION_CHUNK_BYTES_MAX,
+    KEEPALIVE_INTERVAL_MS, READ_BUFFER_BYTES, READ_WAL_BYTES_MAX, REPLICATION_CHUNK_BYTES_MAX,
     RESPONSE_WRITE_TIMEOUT_MS, TIMELINES_MAX,
 };
+use crate::wal_backup;
 use crate::wal_storage::WalStorage;
 
 /// How long the farewell `Error` response to a failing connection may take.
@@ -60,7 +62,7 @@ pub(crate) struct Timeline {
 impl Timeline {
     /// Runs `f` on the acceptor on a blocking thread, holding the timeline's lock, and
     /// publishes the commit LSN it leaves.
-    async fn with_acceptor<T, F>(self: &Arc<Self>, f: F) -> Result<T>
+    pub(crate) async fn with_acceptor<T, F>(self: &Arc<Self>, f: F) -> Result<T>
     where
         F: FnOnce(&mut Acceptor<WalStorage>) -> T + Send + 'static,
         T: Send + 'static,
@@ -88,16 +90,42 @@ impl Timeline {
 pub(crate) struct Server {
     id: u32,
     data_dir: PathBuf,
+    /// Where WAL is offloaded to, if anywhere.
+    remote: Option<RemoteStorage>,
     timelines: Mutex<HashMap<TimelineId, Arc<Timeline>>>,
+    /// One WAL offload task per open timeline (with `remote`).
+    backup_tasks: std::sync::Mutex<JoinSet<()>>,
 }
 
 impl Server {
-    pub(crate) fn new(id: u32, data_dir: PathBuf) -> Arc<Server> {
+    pub(crate) fn new(id: u32, data_dir: PathBuf, remote: Option<RemoteStorage>) -> Arc<Server> {
         Arc::new(Server {
             id,
             data_dir,
+            remote,
             timelines: Mutex::new(HashMap::new()),
+            backup_tasks: std::sync::Mutex::new(JoinSet::new()),
         })
+    }
+
+    /// Opens every timeline found on disk, so their WAL offload runs before anyone connects.
+    async fn open_existing_timelines(&self) {
+        let dir = self.data_dir.join("timelines");
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let Some(id) = entry
+                .file_name()
+                .to_str()
+                .and_then(|name| name.parse::<TimelineId>().ok())
+            else {
+                continue;
+            };
+            if let Err(e) = self.timeline(id).await {
+                warn!(timeline = %id, "cannot open timeline: {e}");
+            }
+        }
     }
 
     /// The timeline `id`, opened from disk (or created) on first use.
@@ -132,6 +160,12 @@ impl Server {
             commit_lsn_tx,
         });
         timelines.insert(id, timeline.clone());
+        if let Some(remote) = &self.remote {
+            self.backup_tasks
+                .lock()
+                .expect("backup task lock")
+                .spawn(wal_backup::run(timeline.clone(), remote.clone(), self.id));
+        }
         Ok(timeline)
     }
 
@@ -142,6 +176,7 @@ impl Server {
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send,
     ) {
+        self.open_existing_timelines().await;
         let permits = Arc::new(Semaphore::new(CONNECTIONS_MAX));
         let mut connections = JoinSet::new();
         tokio::pin!(shutdown);
@@ -178,6 +213,10 @@ impl Server {
         // below waits for it.
         connections.abort_all();
         while connections.join_next().await.is_some() {}
+        let mut backup_tasks =
+            std::mem::take(&mut *self.backup_tasks.lock().expect("backup task lock"));
+        backup_tasks.abort_all();
+        while backup_tasks.join_next().await.is_some() {}
         let timelines: Vec<Arc<Timeline>> = self.timelines.lock().await.values().cloned().collect();
         for timeline in timelines {
             match timeline
@@ -256,6 +295,7 @@ fn request_name(request: &Request) -> &'static str {
         Request::Append { .. } => "Append",
         Request::ReadWal { .. } => "ReadWal",
         Request::StartReplication { .. } => "StartReplication",
+        Request::Feedback { .. } => "Feedback",
     }
 }
 
@@ -277,7 +317,7 @@ async fn handle_connection(
                 RESPONSE_WRITE_TIMEOUT_MS,
             )
             .await?;
-            serve_proposer(&timeline, reader, writer).await
+            serve_proposer(server, &timeline, reader, writer).await
         }
         Request::StartReplication {
             timeline,
@@ -296,6 +336,7 @@ async fn handle_connection(
 
 /// Answers a proposer's requests in order until it disconnects.
 async fn serve_proposer(
+    server: &Server,
     timeline: &Arc<Timeline>,
     reader: &mut Reader,
     writer: &mut OwnedWriteHalf,
@@ -361,6 +402,11 @@ async fn serve_proposer(
                 session = updated;
                 responses?
             }
+            Request::ReadWal {
+                start_lsn,
+                end_lsn,
+                max_bytes,
+            } => vec![read_wal(server, timeline, start_lsn, end_lsn, max_bytes).await],
             Request::Hello { .. } | Request::StartReplication { .. } => vec![Response::Error {
                 message: format!(
                     "{} is only allowed as a connection's first request",
@@ -382,25 +428,105 @@ async fn serve_proposer(
     }
 }
 
-/// Streams committed WAL from `start_lsn` until the peer disconnects.
+/// Answers a recovery read: from local WAL, or from the object store when the start was
+/// offloaded and removed here.
+async fn read_wal(
+    server: &Server,
+    timeline: &Arc<Timeline>,
+    start_lsn: Lsn,
+    end_lsn: Lsn,
+    max_bytes: u32,
+) -> Response {
+    let local = timeline
+        .with_acceptor(move |acceptor| acceptor.read_wal(start_lsn, end_lsn, max_bytes))
+        .await
+        .and_then(|read| read);
+    let result = match (local, &server.remote) {
+        (Err(SafekeeperError::WalOffloaded { .. }), Some(remote)) => {
+            let flush_lsn = timeline
+                .with_acceptor(|acceptor| acceptor.flush_lsn())
+                .await
+                .unwrap_or(Lsn::ZERO);
+            let max_bytes = (max_bytes as usize).min(READ_WAL_BYTES_MAX);
+            wal_backup::read_offloaded(
+                remote,
+                timeline.id,
+                start_lsn,
+                end_lsn.min(flush_lsn),
+                max_bytes,
+            )
+            .await
+        }
+        (local, _) => local,
+    };
+    match result {
+        Ok(data) => Response::Wal { start_lsn, data },
+        Err(e) => Response::Error {
+            message: format!("cannot read WAL at {start_lsn}: {e}"),
+        },
+    }
+}
+
+/// Streams committed WAL from `start_lsn` until the peer disconnects, and takes the peer's
+/// feedback (its durable LSN) from the same connection.
 async fn serve_replication(
     timeline: &Arc<Timeline>,
     start_lsn: Lsn,
     reader: &mut Reader,
     writer: &mut OwnedWriteHalf,
 ) -> Result<()> {
+    let feedback = async {
+        loop {
+            match read_request(reader).await? {
+                None => return Ok(()),
+                Some(Request::Feedback {
+                    remote_consistent_lsn,
+                }) => {
+                    timeline
+                        .with_acceptor(move |acceptor| {
+                            acceptor.note_remote_consistent_lsn(remote_consistent_lsn)
+                        })
+                        .await?;
+                }
+                Some(other) => {
+                    return Err(SafekeeperError::Protocol(format!(
+                        "{} on a replication connection",
+                        request_name(&other)
+                    )))
+                }
+            }
+        }
+    };
+    tokio::select! {
+        result = feedback => result,
+        result = send_wal(timeline, start_lsn, writer) => result,
+    }
+}
+
+async fn send_wal(
+    timeline: &Arc<Timeline>,
+    start_lsn: Lsn,
+    writer: &mut OwnedWriteHalf,
+) -> Result<()> {
     let mut commit_lsn_rx = timeline.commit_lsn_tx.subscribe();
     let mut position = start_lsn;
-    // The peer sends nothing after StartReplication; reading only notices it leaving.
-    let mut ignored = [0u8; 512];
     loop {
         let commit_lsn = *commit_lsn_rx.borrow_and_update();
         if position < commit_lsn {
-            let (data, commit_lsn) = timeline
+            let read = timeline
                 .with_acceptor(move |acceptor| {
                     acceptor.read_committed(position, REPLICATION_CHUNK_BYTES_MAX)
                 })
-                .await??;
+                .await?;
+            let (data, commit_lsn) = match read {
+                Ok(read) => read,
+                Err(SafekeeperError::WalOffloaded { wal_start, .. }) => {
+                    info!(timeline = %timeline.id, "replication at {position}: WAL below {wal_start} is offloaded");
+                    let offloaded = Response::WalOffloaded { wal_start };
+                    return write_responses(writer, &[offloaded], RESPONSE_WRITE_TIMEOUT_MS).await;
+                }
+                Err(e) => return Err(e),
+            };
             if !data.is_empty() {
                 let n_bytes = data.len() as u64;
                 let wal_data = Response::WalData {
@@ -423,11 +549,6 @@ async fn serve_replication(
             _ = tokio::time::sleep(Duration::from_millis(KEEPALIVE_INTERVAL_MS)) => {
                 let keepalive = Response::WalData { start_lsn: position, commit_lsn, data: Bytes::new() };
                 write_responses(writer, &[keepalive], RESPONSE_WRITE_TIMEOUT_MS).await?;
-            }
-            read = reader.read(&mut ignored) => match read {
-                Ok(0) => return Ok(()),
-                Ok(_) => {}
-                Err(e) => return Err(SafekeeperError::Wire(e.into())),
             }
         }
     }

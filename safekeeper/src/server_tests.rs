@@ -132,6 +132,11 @@ struct Running {
 
 impl Running {
     async fn start(data_dir: &Path) -> Running {
+        Running::start_with(data_dir, None).await
+    }
+
+    /// With WAL offload to a local-folder object store.
+    async fn start_with(data_dir: &Path, object_store_dir: Option<&Path>) -> Running {
         let addr = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -141,6 +146,7 @@ impl Running {
             id: 1,
             listen: addr,
             data_dir: data_dir.to_path_buf(),
+            object_store_dir: object_store_dir.map(Path::to_path_buf),
         };
         let task = tokio::spawn(crate::run(config, async move {
             let _ = stopped.await;
@@ -192,7 +198,7 @@ async fn proposer_flow_with_pipelined_appends_and_group_commit() {
     let dir = TempDir::new("server-flow");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let server = Server::new(1, dir.0.clone());
+    let server = Server::new(1, dir.0.clone(), None);
     let (stop, stopped) = oneshot::channel::<()>();
     let serving = tokio::spawn(server.clone().serve(listener, async move {
         let _ = stopped.await;
@@ -586,5 +592,168 @@ async fn bad_input_closes_only_that_connection() {
             flush_lsn: end
         }
     );
+    safekeeper.stop().await;
+}
+
+/// Waits until `check` holds, polling; fails after `ANSWER_TIMEOUT_MS`.
+async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    for _ in 0..(ANSWER_TIMEOUT_MS / 50) {
+        if check() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting until {what}");
+}
+
+/// Checks a `Wal` answer without printing megabytes when it differs.
+fn assert_wal(answer: Response, start: Lsn, expected: &Bytes) {
+    match answer {
+        Response::Wal { start_lsn, data } => {
+            assert_eq!(start_lsn, start);
+            assert_eq!(data.len(), expected.len(), "WAL read at {start}");
+            assert!(data == expected, "WAL read at {start}: different bytes");
+        }
+        other => panic!("unexpected answer {other:?}"),
+    }
+}
+
+fn segment_files(timeline_dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(timeline_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.len() == 16)
+        .collect();
+    names.sort();
+    names
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn committed_wal_is_offloaded_then_removed_and_still_readable() {
+    use crate::limits::SEGMENT_BYTES;
+    use remote_storage::wal_objects;
+
+    let dir = TempDir::new("server-offload");
+    let object_store = dir.0.join("object-store");
+    let data_dir = dir.0.join("safekeeper");
+    let safekeeper = Running::start_with(&data_dir, Some(&object_store)).await;
+    let (mut proposer, _) = Client::elected(safekeeper.addr, 1).await;
+    // 2.5 segments of 1 MiB records, committed.
+    let records: Vec<Bytes> = (0..40).map(|xid| record(xid, 1 << 20)).collect();
+    let mut all = BytesMut::new();
+    for r in &records {
+        all.extend_from_slice(r);
+    }
+    let all = all.freeze();
+    let end = Lsn(all.len() as u64);
+    assert!(end.0 > 2 * SEGMENT_BYTES);
+    let mut pos = Lsn::ZERO;
+    for r in &records {
+        let answer = proposer
+            .call(Request::Append {
+                term: 1,
+                begin_lsn: pos,
+                commit_lsn: pos,
+                data: r.clone(),
+            })
+            .await;
+        assert!(matches!(answer, Response::Flushed { .. }), "{answer:?}");
+        pos = pos.add(r.len() as u64);
+    }
+    let answer = proposer
+        .call(Request::Append {
+            term: 1,
+            begin_lsn: end,
+            commit_lsn: end,
+            data: Bytes::new(),
+        })
+        .await;
+    assert!(matches!(answer, Response::Flushed { .. }), "{answer:?}");
+
+    // Two whole segment windows are committed: both are offloaded as chunks that hold
+    // exactly the WAL's bytes.
+    let remote = remote_storage::RemoteStorage::local(&object_store).unwrap();
+    let mut chunks = Vec::new();
+    for _ in 0..(ANSWER_TIMEOUT_MS / 100) {
+        chunks = wal_objects::list_chunks(&remote, TIMELINE).await.unwrap();
+        if chunks.len() >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(chunks.len(), 2, "{chunks:?}");
+    assert_eq!(chunks[0].start, Lsn::ZERO);
+    assert_eq!(chunks[1].start, chunks[0].end);
+    assert!(chunks[0].end.0 >= SEGMENT_BYTES && chunks[1].end.0 >= 2 * SEGMENT_BYTES);
+    for chunk in &chunks {
+        let key = wal_objects::chunk_key(TIMELINE, chunk.start, chunk.end);
+        let bytes = remote.get(&key, 64 << 20).await.unwrap();
+        assert!(bytes == all.slice(chunk.start.0 as usize..chunk.end.0 as usize));
+    }
+    // Nothing is removed until the pageserver reports it durable...
+    let timeline_dir = crate::wal_storage::timeline_dir(&data_dir, TIMELINE);
+    assert_eq!(segment_files(&timeline_dir).len(), 3);
+    let mut replication = Client::connect(safekeeper.addr).await;
+    replication
+        .send(&[
+            Request::StartReplication {
+                timeline: TIMELINE,
+                start_lsn: Lsn::ZERO,
+            },
+            Request::Feedback {
+                remote_consistent_lsn: chunks[1].end,
+            },
+        ])
+        .await;
+    // ...then the segments below min(offloaded, pageserver) go.
+    eventually("the first two segments are removed", || {
+        segment_files(&timeline_dir).len() == 1
+    })
+    .await;
+    drop(replication);
+
+    // A reader that starts below the local WAL is told where it starts...
+    let mut replication = Client::connect(safekeeper.addr).await;
+    replication
+        .send(&[Request::StartReplication {
+            timeline: TIMELINE,
+            start_lsn: chunks[0].end,
+        }])
+        .await;
+    assert_eq!(
+        replication.recv().await,
+        Response::WalOffloaded {
+            wal_start: Lsn(2 * SEGMENT_BYTES)
+        }
+    );
+    // ...and a recovery read is served from the object store, whole records only.
+    let first = records[0].len();
+    let answer = proposer
+        .call(Request::ReadWal {
+            start_lsn: Lsn(first as u64),
+            end_lsn: end,
+            max_bytes: (3 * records[1].len() + 100) as u32,
+        })
+        .await;
+    assert_wal(
+        answer,
+        Lsn(first as u64),
+        &all.slice(first..first + 3 * records[1].len()),
+    );
+    // After a restart the safekeeper still knows what it removed, and serves the rest.
+    drop(proposer);
+    safekeeper.stop().await;
+    let safekeeper = Running::start_with(&data_dir, Some(&object_store)).await;
+    let (mut proposer, status) = Client::hello(safekeeper.addr).await;
+    assert_eq!(status.flush_lsn, end);
+    let start = chunks[1].end;
+    let answer = proposer
+        .call(Request::ReadWal {
+            start_lsn: start,
+            end_lsn: end,
+            max_bytes: u32::MAX,
+        })
+        .await;
+    assert_wal(answer, start, &all.slice(start.0 as usize..));
     safekeeper.stop().await;
 }

@@ -9,6 +9,9 @@
 //! ```
 //!
 //! A segment file is only as long as the WAL written into it; records may span segments.
+//! Segments wholly below what is offloaded to the object store and durable at the pageserver
+//! are removed ([`AcceptorStorage::remove_wal_below`]); the first segment left marks where
+//! the local WAL starts.
 //! A write is durable after [`AcceptorStorage::sync_wal`], which fsyncs every segment written
 //! since the last sync and, if one of them was created, the folder.
 //!
@@ -63,6 +66,9 @@ pub struct WalStorage {
     dir: PathBuf,
     control: ControlState,
     wal_end_at_open: Lsn,
+    /// The first WAL byte kept: the start of the first segment file (or the end of WAL when
+    /// every segment below it was removed).
+    wal_start: Lsn,
     /// End of the written WAL, durable or not.
     end: Lsn,
     /// Segments written since the last sync, plus the one holding `end`.
@@ -109,6 +115,10 @@ impl WalStorage {
         check_wal_reaches(dir, control.flush_lsn)?;
         let end = scan_wal_end(dir, control.flush_lsn)?;
         truncate_files(dir, end)?;
+        let wal_start = match list_segments(dir)?.first() {
+            Some(segno) => Lsn(segno * SEGMENT_BYTES).min(end),
+            None => end,
+        };
         if end > control.flush_lsn {
             info!(dir = %dir.display(), "recovered WAL from {} to {end}", control.flush_lsn);
         }
@@ -116,6 +126,7 @@ impl WalStorage {
             dir: dir.to_path_buf(),
             control,
             wal_end_at_open: end,
+            wal_start,
             end,
             open_segments: BTreeMap::new(),
             dir_needs_sync: false,
@@ -354,7 +365,39 @@ impl AcceptorStorage for WalStorage {
         Ok(())
     }
 
+    fn wal_start(&self) -> Lsn {
+        self.wal_start
+    }
+
+    fn remove_wal_below(&mut self, lsn: Lsn) -> Result<Lsn> {
+        let lsn = lsn.min(self.end);
+        let (first_kept, _) = segment_of(lsn);
+        let mut removed_any = false;
+        for segno in list_segments(&self.dir)? {
+            if segno >= first_kept {
+                break;
+            }
+            let path = self.dir.join(segment_name(segno));
+            std::fs::remove_file(&path)
+                .map_err(io_context(format!("removing {}", path.display())))?;
+            self.open_segments.remove(&segno);
+            removed_any = true;
+        }
+        if removed_any {
+            control_file::sync_dir(&self.dir)?;
+            info!(dir = %self.dir.display(), "removed offloaded WAL below {}", Lsn(first_kept * SEGMENT_BYTES));
+        }
+        self.wal_start = self.wal_start.max(Lsn(first_kept * SEGMENT_BYTES));
+        Ok(self.wal_start)
+    }
+
     fn read_wal_raw(&mut self, start: Lsn, end: Lsn) -> Result<Vec<u8>> {
+        if start < self.wal_start {
+            return Err(SafekeeperError::WalOffloaded {
+                lsn: start,
+                wal_start: self.wal_start,
+            });
+        }
         if start > end || end > self.end {
             return Err(SafekeeperError::Internal(format!(
                 "WAL read {start}..{end} outside the written WAL (ends at {})",

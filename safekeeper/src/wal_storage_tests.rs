@@ -229,7 +229,8 @@ fn a_flipped_bit_makes_reads_fail() {
     let end = Lsn(written.len() as u64);
     let error = storage.read_records(Lsn::ZERO, end, 1 << 20).unwrap_err();
     assert!(
-        matches!(error, SafekeeperError::Corrupt(ref m) if m.contains("checksum")),
+        matches!(error, SafekeeperError::CorruptRecord { lsn, ref reason }
+            if lsn == Lsn(record_bytes) && reason.contains("checksum")),
         "{error}"
     );
     assert!(storage.read_records(Lsn(record_bytes), end, 0).is_err());

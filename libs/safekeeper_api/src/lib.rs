@@ -8,7 +8,11 @@
 //!   safekeeper answers them in order, and may answer a run of appends with one response
 //!   after one fsync (group commit).
 //! - **replication** (the pageserver): `StartReplication`, after which the safekeeper sends
-//!   [`Response::WalData`] frames with committed WAL for as long as the connection lives.
+//!   [`Response::WalData`] frames with committed WAL for as long as the connection lives,
+//!   and the pageserver sends [`Request::Feedback`] whenever more of what it ingested is
+//!   durable in the object store. If the WAL at the start was already offloaded and removed
+//!   locally, the safekeeper answers [`Response::WalOffloaded`] and closes: the pageserver
+//!   reads that WAL from the object store instead.
 //!
 //! Every message is one [`wire`] frame. Decoding never panics on bad bytes.
 
@@ -195,6 +199,9 @@ pub enum Request {
         timeline: TimelineId,
         start_lsn: Lsn,
     },
+    /// On a replication connection: the pageserver's state up to `remote_consistent_lsn`
+    /// is durable in the object store, so safekeepers need not keep WAL below it.
+    Feedback { remote_consistent_lsn: Lsn },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -226,6 +233,11 @@ pub enum Response {
     Error {
         message: String,
     },
+    /// The replication start is below `wal_start`, the first WAL byte this safekeeper still
+    /// keeps: the WAL below it is in the object store.
+    WalOffloaded {
+        wal_start: Lsn,
+    },
 }
 
 mod tag {
@@ -235,6 +247,7 @@ mod tag {
     pub const APPEND: u8 = 4;
     pub const READ_WAL: u8 = 5;
     pub const START_REPLICATION: u8 = 6;
+    pub const FEEDBACK: u8 = 7;
 
     pub const STATUS: u8 = 101;
     pub const VOTE: u8 = 102;
@@ -243,6 +256,7 @@ mod tag {
     pub const WAL: u8 = 105;
     pub const WAL_DATA: u8 = 106;
     pub const ERROR: u8 = 107;
+    pub const WAL_OFFLOADED: u8 = 108;
 }
 
 impl Request {
@@ -291,6 +305,12 @@ impl Request {
                 e = Encoder::new(tag::START_REPLICATION);
                 e.timeline(*timeline).lsn(*start_lsn);
             }
+            Request::Feedback {
+                remote_consistent_lsn,
+            } => {
+                e = Encoder::new(tag::FEEDBACK);
+                e.lsn(*remote_consistent_lsn);
+            }
         }
         e.finish()
     }
@@ -323,6 +343,9 @@ impl Request {
                 start_lsn: d.lsn()?,
                 end_lsn: d.lsn()?,
                 max_bytes: d.u32()?,
+            },
+            tag::FEEDBACK => Request::Feedback {
+                remote_consistent_lsn: d.lsn()?,
             },
             tag::START_REPLICATION => Request::StartReplication {
                 timeline: d.timeline()?,
@@ -372,6 +395,10 @@ impl Response {
                 e = Encoder::new(tag::ERROR);
                 e.str(message);
             }
+            Response::WalOffloaded { wal_start } => {
+                e = Encoder::new(tag::WAL_OFFLOADED);
+                e.lsn(*wal_start);
+            }
         }
         e.finish()
     }
@@ -409,6 +436,9 @@ impl Response {
             }
             tag::ERROR => Response::Error {
                 message: d.str()?.to_string(),
+            },
+            tag::WAL_OFFLOADED => Response::WalOffloaded {
+                wal_start: d.lsn()?,
             },
             other => {
                 return Err(WireError::Malformed(format!(
@@ -484,6 +514,9 @@ mod tests {
                 timeline: TimelineId::from_u128(1),
                 start_lsn: Lsn(3),
             },
+            Request::Feedback {
+                remote_consistent_lsn: Lsn(11),
+            },
         ];
         for request in requests {
             let bytes = request.encode();
@@ -520,6 +553,9 @@ mod tests {
             },
             Response::Error {
                 message: "no".into(),
+            },
+            Response::WalOffloaded {
+                wal_start: Lsn(1 << 24),
             },
         ];
         for response in responses {

@@ -1,19 +1,18 @@
-//! The one way into the object store: every request of the pageserver goes through
-//! [`RemoteStorage`], which retries transient failures a bounded number of times with
-//! backoff and counts requests, retries, failures and bytes. S3 and fault injection are to be
-//! added behind this same wrapper.
+//! The one way into the object store: every request of the pageserver and the safekeepers
+//! goes through [`RemoteStorage`], which retries transient failures a bounded number of
+//! times with backoff and counts requests, retries, failures and bytes.
 //!
-//! Object layout of a timeline (see [`timeline_prefix`]):
+//! Who owns which keys (each component's layout module names its own):
 //!
 //! ```text
-//! tenants/<tenant hex>/timelines/<timeline hex>/index-<generation:08x>.json
-//! tenants/<tenant hex>/timelines/<timeline hex>/layers/<start:016X>-<end:016X>-<generation:08x>.delta
+//! tenants/<tenant hex>/timelines/<timeline hex>/...   the pageserver (pageserver::remote_layout)
+//! wal/<timeline hex>/...                               the safekeepers ([`wal_objects`])
 //! ```
 //!
 //! The local-folder store (`object_store::local::LocalFileSystem`) writes atomically by
-//! rename but does not fsync; since the pageserver reports what it uploaded as durable
-//! (`remote_consistent_lsn`), this wrapper fsyncs the file and its folders after each put.
-//! Does I/O.
+//! rename but does not fsync; since callers report what they uploaded as durable (and
+//! safekeepers delete their local copy of uploaded WAL), this wrapper fsyncs the file and
+//! its folders after each put. Does I/O.
 
 use std::future::Future;
 use std::path::{Path as FsPath, PathBuf};
@@ -23,57 +22,76 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::TryStreamExt;
-use ids::{TenantId, TimelineId};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutOptions, PutPayload};
 
-use crate::error::{PageserverError, Result};
-use crate::limits::{OBJECT_STORE_ATTEMPTS_MAX, OBJECT_STORE_BACKOFF_MIN_MS};
-use crate::manifest::LayerDesc;
+pub mod wal_objects;
 
-/// `tenants/<tenant>/timelines/<timeline>`
-pub fn timeline_prefix(tenant: TenantId, timeline: TimelineId) -> String {
-    format!("tenants/{tenant}/timelines/{timeline}")
+/// Attempts per request (the first one included) before giving up.
+pub const ATTEMPTS_MAX: u32 = 3;
+/// Pause before the first retry of a request; doubled for each later retry.
+pub const BACKOFF_MIN_MS: u64 = 100;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RemoteStorageError {
+    /// A request failed (after its retries, where it was worth retrying).
+    #[error("object store {op} of {key} failed: {cause}")]
+    ObjectStore {
+        op: &'static str,
+        key: String,
+        cause: object_store::Error,
+    },
+    /// An object that is not what its name promises.
+    #[error("corrupt object {key}: {reason}")]
+    Corrupt { key: String, reason: String },
+    /// A download larger than the caller's limit (a corrupt or foreign object).
+    #[error("object {key} has {size_bytes} bytes, over the limit of {bytes_max} bytes")]
+    TooLarge {
+        key: String,
+        size_bytes: u64,
+        bytes_max: u64,
+    },
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        source: std::io::Error,
+    },
+    /// This is a bug.
+    #[error("internal error (this is a bug): {0}")]
+    Internal(String),
 }
 
-/// The index file of one generation of a timeline.
-pub fn index_key(tenant: TenantId, timeline: TimelineId, generation: u32) -> String {
-    format!(
-        "{}/{}",
-        timeline_prefix(tenant, timeline),
-        index_file_name(generation)
-    )
-}
-
-fn index_file_name(generation: u32) -> String {
-    format!("index-{generation:08x}.json")
-}
-
-/// The generation of an index file name, or `None` if `name` is not one.
-pub fn parse_index_file_name(name: &str) -> Option<u32> {
-    let hex = name.strip_prefix("index-")?.strip_suffix(".json")?;
-    if hex.len() != 8 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return None;
+impl RemoteStorageError {
+    /// True when a create-only put failed because the object already existed.
+    pub fn is_already_exists(&self) -> bool {
+        matches!(
+            self,
+            RemoteStorageError::ObjectStore {
+                cause: object_store::Error::AlreadyExists { .. },
+                ..
+            }
+        )
     }
-    let generation = u32::from_str_radix(hex, 16).ok()?;
-    // Only the canonical spelling counts, so one generation has one key.
-    (index_file_name(generation) == name).then_some(generation)
+
+    pub fn is_not_found(&self) -> bool {
+        matches!(
+            self,
+            RemoteStorageError::ObjectStore {
+                cause: object_store::Error::NotFound { .. },
+                ..
+            }
+        )
+    }
 }
 
-pub fn layer_key(tenant: TenantId, timeline: TimelineId, layer: &LayerDesc) -> String {
-    format!(
-        "{}/layers/{}",
-        timeline_prefix(tenant, timeline),
-        layer.file_name()
-    )
-}
+pub type Result<T, E = RemoteStorageError> = std::result::Result<T, E>;
 
 /// What a put may do to an existing object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PutMode {
     Overwrite,
-    /// Fail with an "already exists" error (see `PageserverError::is_already_exists`).
+    /// Fail with an "already exists" error (see [`RemoteStorageError::is_already_exists`]).
     CreateNew,
 }
 
@@ -116,15 +134,19 @@ pub struct RemoteStorage {
 impl RemoteStorage {
     /// An object store in a local folder, created if missing.
     pub fn local(root: &FsPath) -> Result<RemoteStorage> {
-        std::fs::create_dir_all(root)?;
+        let io = |source| RemoteStorageError::Io {
+            context: format!("opening the object store folder {}", root.display()),
+            source,
+        };
+        std::fs::create_dir_all(root).map_err(io)?;
         let store = LocalFileSystem::new_with_prefix(root).map_err(|cause| {
-            PageserverError::ObjectStore {
+            RemoteStorageError::ObjectStore {
                 op: "open",
-                path: root.display().to_string(),
+                key: root.display().to_string(),
                 cause,
             }
         })?;
-        let root = std::fs::canonicalize(root)?;
+        let root = std::fs::canonicalize(root).map_err(io)?;
         Ok(RemoteStorage {
             store: Arc::new(store),
             local_root: Some(root),
@@ -153,7 +175,7 @@ impl RemoteStorage {
     }
 
     /// Runs `attempt` until it succeeds, fails with a non-transient error, or has been tried
-    /// `OBJECT_STORE_ATTEMPTS_MAX` times.
+    /// [`ATTEMPTS_MAX`] times.
     async fn with_retries<T, F, Fut>(
         &self,
         op: &'static str,
@@ -164,14 +186,14 @@ impl RemoteStorage {
         F: FnMut() -> Fut,
         Fut: Future<Output = object_store::Result<T>>,
     {
-        let mut backoff = Duration::from_millis(OBJECT_STORE_BACKOFF_MIN_MS);
+        let mut backoff = Duration::from_millis(BACKOFF_MIN_MS);
         let mut n_attempts = 0;
         loop {
             n_attempts += 1;
             self.counters.requests.fetch_add(1, Ordering::Relaxed);
             match attempt().await {
                 Ok(value) => return Ok(value),
-                Err(cause) if is_transient(&cause) && n_attempts < OBJECT_STORE_ATTEMPTS_MAX => {
+                Err(cause) if is_transient(&cause) && n_attempts < ATTEMPTS_MAX => {
                     tracing::warn!("object store {op} of {key} failed (attempt {n_attempts}), retrying in {backoff:?}: {cause}");
                     self.counters.retries.fetch_add(1, Ordering::Relaxed);
                     tokio::time::sleep(backoff).await;
@@ -179,9 +201,9 @@ impl RemoteStorage {
                 }
                 Err(cause) => {
                     self.counters.failures.fetch_add(1, Ordering::Relaxed);
-                    return Err(PageserverError::ObjectStore {
+                    return Err(RemoteStorageError::ObjectStore {
                         op,
-                        path: key.to_string(),
+                        key: key.to_string(),
                         cause,
                     });
                 }
@@ -209,9 +231,14 @@ impl RemoteStorage {
             .fetch_add(n_bytes, Ordering::Relaxed);
         if let Some(root) = &self.local_root {
             let file = root.join(key);
-            tokio::task::spawn_blocking(move || fsync_file_and_folders(&file))
-                .await
-                .map_err(|e| PageserverError::Internal(format!("fsync task failed: {e}")))??;
+            tokio::task::spawn_blocking(move || {
+                fsync_file_and_folders(&file).map_err(|source| RemoteStorageError::Io {
+                    context: format!("fsyncing {}", file.display()),
+                    source,
+                })
+            })
+            .await
+            .map_err(|e| RemoteStorageError::Internal(format!("fsync task failed: {e}")))??;
         }
         Ok(())
     }
@@ -228,11 +255,10 @@ impl RemoteStorage {
                 result.bytes().await.map(Ok)
             })
             .await?
-            .map_err(|size| {
-                PageserverError::corrupt(
-                    key,
-                    format!("object of {size} bytes exceeds the limit of {bytes_max} bytes"),
-                )
+            .map_err(|size_bytes| RemoteStorageError::TooLarge {
+                key: key.to_string(),
+                size_bytes,
+                bytes_max,
             })?;
         self.counters
             .bytes_downloaded
@@ -253,6 +279,18 @@ impl RemoteStorage {
                     size_bytes: meta.size,
                 })
                 .collect())
+        })
+        .await
+    }
+
+    /// Deletes an object; deleting one that is not there succeeds.
+    pub async fn delete(&self, key: &str) -> Result<()> {
+        let path = Path::from(key);
+        self.with_retries("delete", key, || async {
+            match self.store.delete(&path).await {
+                Err(object_store::Error::NotFound { .. }) => Ok(()),
+                other => other,
+            }
         })
         .await
     }
@@ -283,29 +321,19 @@ fn fsync_file_and_folders(file: &FsPath) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_util::temp_dir;
 
-    #[test]
-    fn index_names() {
-        assert_eq!(parse_index_file_name("index-0000000a.json"), Some(10));
-        assert_eq!(
-            parse_index_file_name(&index_file_name(u32::MAX)),
-            Some(u32::MAX)
-        );
-        for bad in [
-            "index-0000000A.json",
-            "index-a.json",
-            "index-0000000a.json.tmp",
-            "x-0000000a.json",
-            "index-+000000a.json",
-        ] {
-            assert_eq!(parse_index_file_name(bad), None, "{bad}");
-        }
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "omendb-remote-storage-{name}-{}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
     }
 
     #[tokio::test]
-    async fn put_get_list_and_counters() {
-        let root = temp_dir("remote-storage");
+    async fn put_get_list_delete_and_counters() {
+        let root = temp_dir("basic");
         let remote = RemoteStorage::local(&root).unwrap();
         remote
             .put("a/b/one", Bytes::from_static(b"12345"), PutMode::Overwrite)
@@ -321,13 +349,16 @@ mod tests {
             .unwrap_err();
         assert!(err.is_already_exists(), "{err}");
         assert_eq!(remote.get("a/two", 100).await.unwrap(), "xy");
-        assert!(remote
-            .get("a/b/one", 4)
-            .await
-            .unwrap_err()
-            .to_string()
-            .contains("exceeds the limit"));
-        assert!(remote.get("a/missing", 100).await.is_err());
+        let too_large = remote.get("a/b/one", 4).await.unwrap_err();
+        assert!(
+            matches!(
+                too_large,
+                RemoteStorageError::TooLarge { size_bytes: 5, .. }
+            ),
+            "{too_large}"
+        );
+        let missing = remote.get("a/missing", 100).await.unwrap_err();
+        assert!(missing.is_not_found(), "{missing}");
         let mut listed = remote.list("a").await.unwrap();
         listed.sort_by(|x, y| x.key.cmp(&y.key));
         assert_eq!(
@@ -344,6 +375,9 @@ mod tests {
             ]
         );
         assert!(remote.list("nothing/here").await.unwrap().is_empty());
+        remote.delete("a/two").await.unwrap();
+        remote.delete("a/two").await.unwrap();
+        assert_eq!(remote.list("a").await.unwrap().len(), 1);
         let stats = remote.stats();
         assert_eq!(stats.bytes_uploaded, 7);
         assert_eq!(stats.bytes_downloaded, 2);
