@@ -120,12 +120,47 @@ async fn stream_wal(
     let Ok(Some(frame)) = wire::read_frame(&mut reader).await else {
         return;
     };
-    let Ok(safekeeper_api::Request::StartReplication {
-        timeline,
-        start_lsn,
-    }) = safekeeper_api::Request::decode(&frame)
-    else {
-        panic!("the pageserver must open with StartReplication");
+    let (timeline, start_lsn) = match safekeeper_api::Request::decode(&frame) {
+        Ok(safekeeper_api::Request::StartReplication {
+            timeline,
+            start_lsn,
+        }) => (timeline, start_lsn),
+        Ok(safekeeper_api::Request::Feedback {
+            timeline,
+            remote_consistent_lsn,
+        }) => {
+            // A feedback connection: record every LSN until it closes.
+            assert_eq!(timeline, TIMELINE);
+            feedback.lock().unwrap().push(remote_consistent_lsn);
+            while let Ok(Some(frame)) = wire::read_frame(&mut reader).await {
+                match safekeeper_api::Request::decode(&frame) {
+                    Ok(safekeeper_api::Request::Feedback {
+                        timeline,
+                        remote_consistent_lsn,
+                    }) if timeline == TIMELINE => {
+                        feedback.lock().unwrap().push(remote_consistent_lsn)
+                    }
+                    other => panic!("unexpected message on a feedback connection: {other:?}"),
+                }
+            }
+            return;
+        }
+        Ok(safekeeper_api::Request::Hello { timeline }) => {
+            // A probe of how far this safekeeper has committed.
+            assert_eq!(timeline, TIMELINE);
+            let commit_lsn = Lsn(wal.borrow().len() as u64);
+            let status = safekeeper_api::Response::Status(safekeeper_api::AcceptorStatus {
+                term: 1,
+                term_history: safekeeper_api::TermHistory::default(),
+                flush_lsn: commit_lsn,
+                commit_lsn,
+            });
+            let _ = wire::write_frame(&mut stream, &status.encode()).await;
+            return;
+        }
+        other => {
+            panic!("the pageserver must open with StartReplication, Feedback or Hello: {other:?}")
+        }
     };
     assert_eq!(timeline, TIMELINE);
     starts.lock().unwrap().push(start_lsn);
@@ -134,16 +169,6 @@ async fn stream_wal(
         let _ = wire::write_frame(&mut stream, &offloaded.encode()).await;
         return;
     }
-    tokio::spawn(async move {
-        while let Ok(Some(frame)) = wire::read_frame(&mut reader).await {
-            match safekeeper_api::Request::decode(&frame) {
-                Ok(safekeeper_api::Request::Feedback {
-                    remote_consistent_lsn,
-                }) => feedback.lock().unwrap().push(remote_consistent_lsn),
-                other => panic!("unexpected message on a replication connection: {other:?}"),
-            }
-        }
-    });
     let mut position = start_lsn.0 as usize;
     let (mut n_chunks, mut n_sent) = (0, 0);
     loop {
@@ -679,6 +704,35 @@ async fn wal_removed_from_the_safekeepers_is_read_from_the_object_store() {
         assert!(Instant::now() < deadline, "no feedback for {}", lsns[29]);
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    pageserver.stop().await;
+    std::fs::remove_dir_all(&object_store).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lagging_safekeeper_is_left_for_one_that_has_more() {
+    let object_store = temp_dir("e2e-lagging");
+    let mut wal = Wal::new();
+    let lsns: Vec<Lsn> = (0..10)
+        .map(|i| wal.commit(vec![put(1, &format!("{i:02}"), b"v")]))
+        .collect();
+    // The first safekeeper only ever has the first 4 records; the second has all 10.
+    let stale = watch::Sender::new(Bytes::copy_from_slice(&wal.bytes[..lsns[3].0 as usize]));
+    wal.publish();
+    let lagging = FakeSafekeeper::start(stale.subscribe(), None).await;
+    let current = FakeSafekeeper::start(wal.published.subscribe(), None).await;
+    let pageserver =
+        Pageserver::start(config(&object_store, vec![lagging.addr, current.addr])).await;
+    let mut client = Client::connect(pageserver.addr).await;
+    // It gives up on the lagging one after LAGGING_SAFEKEEPER_CHECK_MS without WAL.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while client.status().await.0 < lsns[9] {
+        assert!(Instant::now() < deadline, "still on the lagging safekeeper");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (rows, _) = client.scan(1, None, None, lsns[9]).await;
+    assert_eq!(rows.len(), 10);
+    assert_eq!(lagging.starts.lock().unwrap().clone(), vec![Lsn::ZERO]);
+    assert_eq!(current.starts.lock().unwrap().clone(), vec![lsns[3]]);
     pageserver.stop().await;
     std::fs::remove_dir_all(&object_store).unwrap();
 }

@@ -104,6 +104,11 @@ pub(crate) async fn run_with_listener(
         config.safekeepers.clone(),
         cancel.clone(),
     ));
+    tasks.spawn(walreceiver::send_feedback(
+        timeline.clone(),
+        config.safekeepers.clone(),
+        cancel.clone(),
+    ));
     tasks.spawn(checkpointer(
         timeline.clone(),
         config.checkpoint_interval,

@@ -12,12 +12,17 @@ pub const WAIT_LSN_TIMEOUT_DEFAULT_MS: u64 = 10_000;
 /// A replication connection that brings no frame for this long is dead (safekeepers send a
 /// keepalive every second).
 pub const WAL_RECEIVER_IDLE_TIMEOUT_MS: u64 = 5_000;
+/// A safekeeper that has sent no WAL for this long is checked against the others: if one of
+/// them has committed WAL beyond what we have, we switch to it.
+pub const LAGGING_SAFEKEEPER_CHECK_MS: u64 = 5_000;
 /// How long connecting to one safekeeper may take before the next one is tried.
 pub const SAFEKEEPER_CONNECT_TIMEOUT_MS: u64 = 2_000;
 /// First pause before reconnecting to a safekeeper; doubled after each failed attempt.
 pub const RECONNECT_BACKOFF_MIN_MS: u64 = 100;
 /// Longest pause between two reconnection attempts.
 pub const RECONNECT_BACKOFF_MAX_MS: u64 = 2_000;
+/// How often the safekeepers are told the durable LSN (when it advanced).
+pub const FEEDBACK_INTERVAL_MS: u64 = 1_000;
 
 /// A checkpoint cuts the transactions it uploads into delta layers of about this size (a
 /// layer may exceed it by one transaction, itself at most `wal::RECORD_BYTES_MAX`).

@@ -3,15 +3,17 @@
 //! ```text
 //!  connect(safekeeper i) ─▶ StartReplication { timeline, start_lsn: last_record_lsn }
 //!        ◀─ WalData { start_lsn, commit_lsn, data } ... (empty data: keepalive, every 1 s)
-//!        ─▶ Feedback { remote_consistent_lsn }  whenever more is durable in the object store
 //!  data ─▶ RecordSplitter ─▶ (end LSN, Transaction) ─▶ Timeline::ingest
 //!        ◀─ WalOffloaded { wal_start }: read offloaded chunks (wal/<timeline>/...) from the
 //!           object store up to wal_start, ingest them, reconnect
 //!  error, end of stream, or no frame for 5 s ─▶ pause (100 ms doubling to 2 s) ─▶ safekeeper i+1
+//!  no WAL for 5 s while another safekeeper (asked with Hello) has committed more ─▶ that one
 //! ```
 //!
-//! The feedback is what lets safekeepers remove WAL: they keep everything above the lowest
-//! of what is offloaded and what the pageserver reported durable.
+//! [`send_feedback`] runs beside it: whenever more of the timeline is durable in the object
+//! store, it tells every safekeeper (`Feedback`, on a connection of its own to each), which
+//! is what lets them remove WAL: they keep everything above the lowest of what is offloaded
+//! and what the pageserver reported durable.
 //!
 //! Each connection starts from the last applied LSN with a fresh splitter, so a record cut by
 //! a broken connection is simply read again whole. The WAL bytes must continue exactly where
@@ -22,7 +24,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ids::Lsn;
 use remote_storage::wal_objects;
@@ -32,8 +34,8 @@ use tokio::sync::watch;
 
 use crate::error::{PageserverError, Result};
 use crate::limits::{
-    RECONNECT_BACKOFF_MAX_MS, RECONNECT_BACKOFF_MIN_MS, SAFEKEEPER_CONNECT_TIMEOUT_MS,
-    WAL_RECEIVER_IDLE_TIMEOUT_MS,
+    FEEDBACK_INTERVAL_MS, LAGGING_SAFEKEEPER_CHECK_MS, RECONNECT_BACKOFF_MAX_MS,
+    RECONNECT_BACKOFF_MIN_MS, SAFEKEEPER_CONNECT_TIMEOUT_MS, WAL_RECEIVER_IDLE_TIMEOUT_MS,
 };
 use crate::timeline::Timeline;
 
@@ -58,9 +60,10 @@ pub async fn run(
     loop {
         let addr = safekeepers[safekeeper_idx % safekeepers.len()];
         let mut made_progress = false;
+        let mut ahead: Option<usize> = None;
         let result = tokio::select! {
             _ = cancel.wait_for(|cancelled| *cancelled) => return,
-            result = stream_from(&timeline, addr, &mut made_progress) => result,
+            result = stream_from(&timeline, &safekeepers, addr, &mut made_progress, &mut ahead) => result,
         };
         let Err(err) = result;
         tracing::warn!(
@@ -76,20 +79,30 @@ pub async fn run(
             _ = tokio::time::sleep(backoff) => {}
         }
         backoff = (backoff * 2).min(backoff_max);
-        safekeeper_idx = safekeeper_idx.wrapping_add(1);
+        safekeeper_idx = match ahead {
+            Some(idx) => idx,
+            None => safekeeper_idx.wrapping_add(1),
+        };
     }
 }
 
 /// Streams from one safekeeper until something goes wrong; never returns `Ok`.
-/// `made_progress` is set once the safekeeper has sent WAL.
+/// `made_progress` is set once the safekeeper has sent WAL. When it has sent nothing for
+/// `LAGGING_SAFEKEEPER_CHECK_MS` while another safekeeper has committed WAL beyond our
+/// position (it lags: cut off from the primary, or refilling after a repair), it gives up
+/// and sets `ahead` to that other safekeeper.
 async fn stream_from(
     timeline: &Timeline,
+    safekeepers: &[SocketAddr],
     addr: SocketAddr,
     made_progress: &mut bool,
+    ahead: &mut Option<usize>,
 ) -> Result<std::convert::Infallible> {
+    let lag_check = Duration::from_millis(LAGGING_SAFEKEEPER_CHECK_MS);
+    let mut last_progress = Instant::now();
     let connect_timeout = Duration::from_millis(SAFEKEEPER_CONNECT_TIMEOUT_MS);
     let idle_timeout = Duration::from_millis(WAL_RECEIVER_IDLE_TIMEOUT_MS);
-    let stream = tokio::time::timeout(connect_timeout, TcpStream::connect(addr))
+    let mut stream = tokio::time::timeout(connect_timeout, TcpStream::connect(addr))
         .await
         .map_err(|_| {
             PageserverError::Replication(format!(
@@ -98,14 +111,12 @@ async fn stream_from(
             ))
         })??;
     stream.set_nodelay(true)?;
-    let (mut stream, mut sender) = stream.into_split();
     let start_lsn = timeline.last_record_lsn();
     let request = Request::StartReplication {
         timeline: timeline.timeline_id(),
         start_lsn,
     };
-    wire::write_frame(&mut sender, &request.encode()).await?;
-    let mut feedback_sent = Lsn::ZERO;
+    wire::write_frame(&mut stream, &request.encode()).await?;
     tracing::info!(
         "WAL receiver for timeline {}: streaming from {addr} at LSN {start_lsn}",
         timeline.timeline_id()
@@ -126,14 +137,6 @@ async fn stream_from(
             .ok_or_else(|| {
                 PageserverError::Replication("the safekeeper closed the connection".into())
             })?;
-        let durable = timeline.remote_consistent_lsn();
-        if durable > feedback_sent {
-            let feedback = Request::Feedback {
-                remote_consistent_lsn: durable,
-            };
-            wire::write_frame(&mut sender, &feedback.encode()).await?;
-            feedback_sent = durable;
-        }
         match Response::decode(&frame)? {
             Response::WalOffloaded { wal_start } => {
                 ingest_offloaded(timeline, wal_start).await?;
@@ -148,8 +151,22 @@ async fn stream_from(
                 data,
             } => {
                 if data.is_empty() {
+                    if last_progress.elapsed() >= lag_check {
+                        last_progress = Instant::now();
+                        if let Some((idx, commit_lsn)) =
+                            most_advanced(timeline, safekeepers, addr, next_lsn).await
+                        {
+                            *ahead = Some(idx);
+                            return Err(PageserverError::Replication(format!(
+                                "sent no WAL past {next_lsn} for {} ms while safekeeper {} has committed up to {commit_lsn}",
+                                lag_check.as_millis(),
+                                safekeepers[idx]
+                            )));
+                        }
+                    }
                     continue;
                 }
+                last_progress = Instant::now();
                 if data_lsn != next_lsn {
                     return Err(PageserverError::Replication(format!(
                         "WAL data at LSN {data_lsn}, expected it at LSN {next_lsn}"
@@ -173,6 +190,50 @@ async fn stream_from(
             }
         }
     }
+}
+
+/// The other safekeeper with the highest commit LSN above `position`, if any answers.
+async fn most_advanced(
+    timeline: &Timeline,
+    safekeepers: &[SocketAddr],
+    current: SocketAddr,
+    position: Lsn,
+) -> Option<(usize, Lsn)> {
+    let probes = safekeepers
+        .iter()
+        .enumerate()
+        .filter(|(_, addr)| **addr != current)
+        .map(|(idx, addr)| async move {
+            let commit_lsn = probe_commit_lsn(timeline, *addr).await?;
+            Some((idx, commit_lsn))
+        });
+    futures::future::join_all(probes)
+        .await
+        .into_iter()
+        .flatten()
+        .filter(|(_, commit_lsn)| *commit_lsn > position)
+        .max_by_key(|(_, commit_lsn)| *commit_lsn)
+}
+
+/// A safekeeper's commit LSN, from the `Status` that answers `Hello` (which changes nothing
+/// on the safekeeper); `None` if it does not answer in time.
+async fn probe_commit_lsn(timeline: &Timeline, addr: SocketAddr) -> Option<Lsn> {
+    let probe = async {
+        let mut stream = TcpStream::connect(addr).await.ok()?;
+        let hello = Request::Hello {
+            timeline: timeline.timeline_id(),
+        };
+        wire::write_frame(&mut stream, &hello.encode()).await.ok()?;
+        let frame = wire::read_frame(&mut stream).await.ok()??;
+        match Response::decode(&frame).ok()? {
+            Response::Status(status) => Some(status.commit_lsn),
+            _ => None,
+        }
+    };
+    tokio::time::timeout(Duration::from_millis(SAFEKEEPER_CONNECT_TIMEOUT_MS), probe)
+        .await
+        .ok()
+        .flatten()
 }
 
 /// The largest offloaded WAL chunk accepted on download: a segment window (16 MiB) plus one
@@ -207,6 +268,57 @@ async fn ingest_offloaded(timeline: &Timeline, until: Lsn) -> Result<()> {
             return Err(PageserverError::Replication(format!(
                 "offloaded WAL from {pos} ends inside a record"
             )));
+        }
+    }
+}
+
+/// Tells every safekeeper how far the timeline is durable in the object store, each time that
+/// advances (checked every `FEEDBACK_INTERVAL_MS`), until `cancel` turns true. A safekeeper
+/// that cannot be reached is tried again at the next advance.
+pub async fn send_feedback(
+    timeline: Arc<Timeline>,
+    safekeepers: Vec<SocketAddr>,
+    mut cancel: watch::Receiver<bool>,
+) {
+    let mut connections: Vec<Option<TcpStream>> = safekeepers.iter().map(|_| None).collect();
+    let mut sent: Vec<Lsn> = vec![Lsn::ZERO; safekeepers.len()];
+    let mut ticker = tokio::time::interval(Duration::from_millis(FEEDBACK_INTERVAL_MS));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let connect_timeout = Duration::from_millis(SAFEKEEPER_CONNECT_TIMEOUT_MS);
+    loop {
+        tokio::select! {
+            _ = cancel.wait_for(|cancelled| *cancelled) => return,
+            _ = ticker.tick() => {}
+        }
+        let durable = timeline.remote_consistent_lsn();
+        let feedback = Request::Feedback {
+            timeline: timeline.timeline_id(),
+            remote_consistent_lsn: durable,
+        }
+        .encode();
+        for (i, addr) in safekeepers.iter().enumerate() {
+            if sent[i] >= durable {
+                continue;
+            }
+            let attempt = async {
+                if connections[i].is_none() {
+                    let stream = TcpStream::connect(addr).await?;
+                    stream.set_nodelay(true)?;
+                    connections[i] = Some(stream);
+                }
+                let stream = connections[i].as_mut().expect("connected above");
+                wire::write_frame(stream, &feedback)
+                    .await
+                    .map_err(std::io::Error::other)
+            };
+            match tokio::time::timeout(connect_timeout, attempt).await {
+                Ok(Ok(())) => sent[i] = durable,
+                Ok(Err(e)) => {
+                    tracing::debug!("feedback to safekeeper {addr}: {e}");
+                    connections[i] = None;
+                }
+                Err(_) => connections[i] = None,
+            }
         }
     }
 }

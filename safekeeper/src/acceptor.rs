@@ -86,10 +86,14 @@ pub trait AcceptorStorage: Send + 'static {
             });
         }
         let corrupt = |lsn: Lsn, reason: String| SafekeeperError::CorruptRecord { lsn, reason };
+        // Missing bytes count as a bad record; an I/O error (which may pass) does not.
         let read = |storage: &mut Self, n_bytes: u64| {
             storage
                 .read_wal_raw(start, start.add(n_bytes))
-                .map_err(|e| corrupt(start, e.to_string()))
+                .map_err(|e| match e {
+                    SafekeeperError::Corrupt(reason) => corrupt(start, reason),
+                    other => other,
+                })
         };
         let header = read(self, wal::RECORD_HEADER_BYTES as u64)?;
         let body_len = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
@@ -317,7 +321,7 @@ impl<S: AcceptorStorage> Acceptor<S> {
                 Err(e) => error_response(format!("cannot read WAL at {start_lsn}: {e}")),
             }),
             Request::StartReplication { .. } | Request::Feedback { .. } => Ok(error_response(
-                "StartReplication and Feedback belong on a replication connection".into(),
+                "StartReplication and Feedback open connections of their own".into(),
             )),
         }
     }

@@ -5,6 +5,7 @@
 //!                 Hello ──▶ proposer connection ──┐ (requests in order; pipelined
 //!  TCP accept ──▶                                 │  Appends in the read buffer share
 //!  (first frame)  StartReplication ──▶ replication│  one fsync)
+//!                 Feedback ──▶ feedback (pageserver's durable LSN; no answers)
 //!                 anything else ──▶ Error, close  ▼
 //!                                     Timeline { Mutex<Acceptor<WalStorage>>, watch<commit_lsn> }
 //!                                                 │ commit_lsn advances
@@ -327,8 +328,12 @@ async fn handle_connection(
             info!(timeline = %timeline.id, %start_lsn, "replication started");
             serve_replication(&timeline, start_lsn, reader, writer).await
         }
+        Request::Feedback {
+            timeline,
+            remote_consistent_lsn,
+        } => serve_feedback(server, timeline, remote_consistent_lsn, reader).await,
         other => Err(SafekeeperError::Protocol(format!(
-            "a connection must start with Hello or StartReplication, not {}",
+            "a connection must start with Hello, StartReplication or Feedback, not {}",
             request_name(&other)
         ))),
     }
@@ -407,12 +412,14 @@ async fn serve_proposer(
                 end_lsn,
                 max_bytes,
             } => vec![read_wal(server, timeline, start_lsn, end_lsn, max_bytes).await],
-            Request::Hello { .. } | Request::StartReplication { .. } => vec![Response::Error {
-                message: format!(
-                    "{} is only allowed as a connection's first request",
-                    request_name(&request)
-                ),
-            }],
+            Request::Hello { .. } | Request::StartReplication { .. } | Request::Feedback { .. } => {
+                vec![Response::Error {
+                    message: format!(
+                        "{} is only allowed as a connection's first request",
+                        request_name(&request)
+                    ),
+                }]
+            }
             request => {
                 let (response, updated) = timeline
                     .with_acceptor(move |acceptor| {
@@ -467,38 +474,55 @@ async fn read_wal(
     }
 }
 
-/// Streams committed WAL from `start_lsn` until the peer disconnects, and takes the peer's
-/// feedback (its durable LSN) from the same connection.
+/// Takes a pageserver's durable LSNs until it disconnects.
+async fn serve_feedback(
+    server: &Server,
+    timeline: TimelineId,
+    remote_consistent_lsn: Lsn,
+    reader: &mut Reader,
+) -> Result<()> {
+    let timeline = server.timeline(timeline).await?;
+    let mut lsn = remote_consistent_lsn;
+    loop {
+        timeline
+            .with_acceptor(move |acceptor| acceptor.note_remote_consistent_lsn(lsn))
+            .await?;
+        match read_request(reader).await? {
+            None => return Ok(()),
+            Some(Request::Feedback {
+                timeline: id,
+                remote_consistent_lsn,
+            }) if id == timeline.id => lsn = remote_consistent_lsn,
+            Some(other) => {
+                return Err(SafekeeperError::Protocol(format!(
+                    "{} on a feedback connection of timeline {}",
+                    request_name(&other),
+                    timeline.id
+                )))
+            }
+        }
+    }
+}
+
+/// Streams committed WAL from `start_lsn` until the peer disconnects (the peer sends
+/// nothing; reading only notices it leaving).
 async fn serve_replication(
     timeline: &Arc<Timeline>,
     start_lsn: Lsn,
     reader: &mut Reader,
     writer: &mut OwnedWriteHalf,
 ) -> Result<()> {
-    let feedback = async {
-        loop {
-            match read_request(reader).await? {
-                None => return Ok(()),
-                Some(Request::Feedback {
-                    remote_consistent_lsn,
-                }) => {
-                    timeline
-                        .with_acceptor(move |acceptor| {
-                            acceptor.note_remote_consistent_lsn(remote_consistent_lsn)
-                        })
-                        .await?;
-                }
-                Some(other) => {
-                    return Err(SafekeeperError::Protocol(format!(
-                        "{} on a replication connection",
-                        request_name(&other)
-                    )))
-                }
-            }
+    let peer_leaves = async {
+        match read_request(reader).await? {
+            None => Ok(()),
+            Some(other) => Err(SafekeeperError::Protocol(format!(
+                "{} on a replication connection",
+                request_name(&other)
+            ))),
         }
     };
     tokio::select! {
-        result = feedback => result,
+        result = peer_leaves => result,
         result = send_wal(timeline, start_lsn, writer) => result,
     }
 }

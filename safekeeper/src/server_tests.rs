@@ -693,14 +693,15 @@ async fn committed_wal_is_offloaded_then_removed_and_still_readable() {
     // Nothing is removed until the pageserver reports it durable...
     let timeline_dir = crate::wal_storage::timeline_dir(&data_dir, TIMELINE);
     assert_eq!(segment_files(&timeline_dir).len(), 3);
-    let mut replication = Client::connect(safekeeper.addr).await;
-    replication
+    let mut feedback = Client::connect(safekeeper.addr).await;
+    feedback
         .send(&[
-            Request::StartReplication {
+            Request::Feedback {
                 timeline: TIMELINE,
-                start_lsn: Lsn::ZERO,
+                remote_consistent_lsn: chunks[0].end,
             },
             Request::Feedback {
+                timeline: TIMELINE,
                 remote_consistent_lsn: chunks[1].end,
             },
         ])
@@ -710,7 +711,7 @@ async fn committed_wal_is_offloaded_then_removed_and_still_readable() {
         segment_files(&timeline_dir).len() == 1
     })
     .await;
-    drop(replication);
+    drop(feedback);
 
     // A reader that starts below the local WAL is told where it starts...
     let mut replication = Client::connect(safekeeper.addr).await;

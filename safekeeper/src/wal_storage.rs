@@ -418,11 +418,15 @@ impl AcceptorStorage for WalStorage {
                     File::open(&path).and_then(|file| read(&file, &mut out[done..done + n_bytes]))
                 }
             };
-            result.map_err(|e| {
-                SafekeeperError::Corrupt(format!(
-                    "cannot read WAL at {pos} from {}: {e}",
-                    path.display()
-                ))
+            result.map_err(|e| match e.kind() {
+                // Bytes below the written end that are not there: lost, as if corrupt.
+                std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::NotFound => {
+                    SafekeeperError::Corrupt(format!(
+                        "WAL at {pos} is missing from {}: {e}",
+                        path.display()
+                    ))
+                }
+                _ => io_context(format!("reading WAL at {pos} from {}", path.display()))(e),
             })?;
             done += n_bytes;
         }

@@ -8,11 +8,12 @@
 //!   safekeeper answers them in order, and may answer a run of appends with one response
 //!   after one fsync (group commit).
 //! - **replication** (the pageserver): `StartReplication`, after which the safekeeper sends
-//!   [`Response::WalData`] frames with committed WAL for as long as the connection lives,
-//!   and the pageserver sends [`Request::Feedback`] whenever more of what it ingested is
-//!   durable in the object store. If the WAL at the start was already offloaded and removed
-//!   locally, the safekeeper answers [`Response::WalOffloaded`] and closes: the pageserver
-//!   reads that WAL from the object store instead.
+//!   [`Response::WalData`] frames with committed WAL for as long as the connection lives.
+//!   If the WAL at the start was already offloaded and removed locally, the safekeeper
+//!   answers [`Response::WalOffloaded`] and closes: the pageserver reads that WAL from the
+//!   object store instead.
+//! - **feedback** (the pageserver, to every safekeeper): [`Request::Feedback`] frames, never
+//!   answered, whenever more of what the pageserver ingested is durable in the object store.
 //!
 //! Every message is one [`wire`] frame. Decoding never panics on bad bytes.
 
@@ -199,9 +200,13 @@ pub enum Request {
         timeline: TimelineId,
         start_lsn: Lsn,
     },
-    /// On a replication connection: the pageserver's state up to `remote_consistent_lsn`
-    /// is durable in the object store, so safekeepers need not keep WAL below it.
-    Feedback { remote_consistent_lsn: Lsn },
+    /// The pageserver's state of `timeline` up to `remote_consistent_lsn` is durable in the
+    /// object store, so safekeepers need not keep WAL below it. Opens (and continues) a
+    /// feedback connection; never answered.
+    Feedback {
+        timeline: TimelineId,
+        remote_consistent_lsn: Lsn,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -306,10 +311,11 @@ impl Request {
                 e.timeline(*timeline).lsn(*start_lsn);
             }
             Request::Feedback {
+                timeline,
                 remote_consistent_lsn,
             } => {
                 e = Encoder::new(tag::FEEDBACK);
-                e.lsn(*remote_consistent_lsn);
+                e.timeline(*timeline).lsn(*remote_consistent_lsn);
             }
         }
         e.finish()
@@ -345,6 +351,7 @@ impl Request {
                 max_bytes: d.u32()?,
             },
             tag::FEEDBACK => Request::Feedback {
+                timeline: d.timeline()?,
                 remote_consistent_lsn: d.lsn()?,
             },
             tag::START_REPLICATION => Request::StartReplication {
@@ -515,6 +522,7 @@ mod tests {
                 start_lsn: Lsn(3),
             },
             Request::Feedback {
+                timeline: TimelineId::from_u128(2),
                 remote_consistent_lsn: Lsn(11),
             },
         ];
