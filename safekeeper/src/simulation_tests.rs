@@ -10,9 +10,12 @@
 //! reordered); lost messages are the steps where a safekeeper is unreachable.
 //!
 //! Invariants checked after every step:
+//! - one leader per term: no two proposers win an election in the same term;
 //! - every acknowledged commit is in the log a newly elected proposer continues from;
-//! - every acknowledged commit is still on a majority of safekeepers, byte for byte (committed
-//!   WAL is never truncated).
+//! - every acknowledged commit is still on a majority of safekeepers, byte for byte;
+//! - committed WAL is never truncated: a safekeeper that holds an acknowledged commit keeps it;
+//! - all safekeepers agree on the WAL up to their commit LSNs: any two logs are equal below
+//!   the lower of the two safekeepers' commit LSNs.
 //!
 //! `OMENDB_SIM_SEEDS=N cargo test -p safekeeper simulation` runs N seeds (default 2,000).
 
@@ -57,6 +60,8 @@ struct Leader {
     log: Vec<u8>,
     /// Per safekeeper: the session it was elected on, and its flush LSN in this term.
     synced: Vec<Option<(ProposerSession, Lsn)>>,
+    /// The end of the last commit acknowledged in this term (what appends carry).
+    commit_lsn: Lsn,
 }
 
 struct Sim {
@@ -73,6 +78,11 @@ struct Sim {
     /// Copies of messages already sent, with the connection they were sent on, that the
     /// network may deliver again later: duplicated, delayed past newer messages, reordered.
     in_flight: Vec<(usize, ProposerSession, Request)>,
+    /// Every term that elected a leader.
+    terms_led: std::collections::BTreeSet<u64>,
+    /// Per safekeeper: which acknowledged commits (indexes into `acked`) its log held at the
+    /// last check.
+    held: Vec<std::collections::BTreeSet<usize>>,
 }
 
 fn call(
@@ -100,6 +110,8 @@ impl Sim {
             events: Vec::new(),
             next_xid: 1,
             in_flight: Vec::new(),
+            terms_led: std::collections::BTreeSet::new(),
+            held: vec![std::collections::BTreeSet::new(); NODES],
         }
     }
 
@@ -159,6 +171,9 @@ impl Sim {
                 .push(format!("term {term}: {} votes, no leader", voters.len()));
             return Ok(());
         }
+        if !self.terms_led.insert(term) {
+            return Err(format!("a second leader was elected in term {term}"));
+        }
         let statuses: Vec<AcceptorStatus> = voters.iter().map(|(_, s)| s.clone()).collect();
         let donor_pos = choose_donor(&statuses).expect("voters");
         let (donor_idx, donor) = voters[donor_pos].clone();
@@ -184,6 +199,7 @@ impl Sim {
             history,
             log,
             synced: vec![None; NODES],
+            commit_lsn: Lsn::ZERO,
         });
         for (i, _) in voters {
             if self.rng.chance(10) {
@@ -261,7 +277,7 @@ impl Sim {
         let request = Request::Append {
             term: leader.term,
             begin_lsn: flush,
-            commit_lsn: Lsn::ZERO,
+            commit_lsn: leader.commit_lsn,
             data,
         };
         let term = leader.term;
@@ -314,6 +330,7 @@ impl Sim {
             .filter(|s| s.is_some_and(|(_, flush)| flush >= end))
             .count();
         if acks >= self.quorum {
+            self.leader.as_mut().expect("leader").commit_lsn = end;
             self.acked.push((start, record));
             self.events.push(format!(
                 "term {term}: xid {xid} acknowledged at {start} ({acks} acks)"
@@ -379,8 +396,9 @@ impl Sim {
         ));
     }
 
-    /// Every acknowledged commit is still on a majority of all safekeepers.
-    fn check_durable(&mut self) -> Result<(), String> {
+    /// Every acknowledged commit is still on a majority of all safekeepers; no safekeeper
+    /// lost one it held; any two safekeepers agree below the lower of their commit LSNs.
+    fn check_invariants(&mut self) -> Result<(), String> {
         let acked = self.acked.clone();
         let logs: Vec<Vec<u8>> = (0..NODES)
             .map(|i| {
@@ -388,16 +406,41 @@ impl Sim {
                 self.read_log(i, flush)
             })
             .collect();
-        for (start, record) in acked {
+        let holds = |log: &Vec<u8>, (start, record): &(Lsn, Bytes)| {
             let range = start.0 as usize..start.0 as usize + record.len();
-            let holders = logs
-                .iter()
-                .filter(|log| log.get(range.clone()) == Some(&record[..]))
-                .count();
+            log.get(range) == Some(&record[..])
+        };
+        for (k, commit) in acked.iter().enumerate() {
+            let holders = logs.iter().filter(|log| holds(log, commit)).count();
             if holders < majority(NODES) {
                 return Err(format!(
-                    "the commit at {start} is on only {holders} safekeepers"
+                    "the commit at {} is on only {holders} safekeepers",
+                    commit.0
                 ));
+            }
+        }
+        for (i, log) in logs.iter().enumerate() {
+            let now: std::collections::BTreeSet<usize> = (0..acked.len())
+                .filter(|&k| holds(log, &acked[k]))
+                .collect();
+            if let Some(lost) = self.held[i].difference(&now).next() {
+                return Err(format!(
+                    "safekeeper {i} truncated the committed record at {}",
+                    acked[*lost].0
+                ));
+            }
+            self.held[i] = now;
+        }
+        let commits: Vec<Lsn> = (0..NODES).map(|i| self.node(i).commit_lsn()).collect();
+        for i in 0..NODES {
+            for j in i + 1..NODES {
+                let upto = commits[i].min(commits[j]).0 as usize;
+                if logs[i][..upto] != logs[j][..upto] {
+                    return Err(format!(
+                        "safekeepers {i} and {j} disagree below their commit LSNs ({} and {})",
+                        commits[i], commits[j]
+                    ));
+                }
             }
         }
         Ok(())
@@ -419,7 +462,7 @@ impl Sim {
                 }
             }
         }
-        self.check_durable()
+        self.check_invariants()
     }
 }
 
