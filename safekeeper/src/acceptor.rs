@@ -618,13 +618,15 @@ impl<S: AcceptorStorage> Acceptor<S> {
         }
     }
 
-    /// Repairs a corrupt record reported at `reported`: if walking whole records from a
-    /// known boundary confirms that a record at or before `reported` is bad (so a reader's
-    /// made-up start cannot make us cut anything), the WAL from that record on is removed,
-    /// durably, and `flush_lsn` and `commit_lsn` go back to it. The safekeeper then lacks
-    /// that WAL like any lagging one, and the proposer refills it from its peers (its next
-    /// append here fails, it reconnects, and recovery streams from the new flush LSN).
-    /// Returns where it cut, if it did.
+    /// Repairs a corrupt record reported at `reported`: walking whole records from the
+    /// nearest known boundary at or below it (so a reader's made-up start cannot make us cut
+    /// anything), it looks for the first record that fails its checks; a read of many
+    /// records that fails is narrowed down one record at a time, since missing bytes are
+    /// reported at the read's start. If one is found, the WAL from that record on is removed,
+    /// durably, and `flush_lsn` and `commit_lsn` go back to it. The safekeeper then lacks that
+    /// WAL like any lagging one, and the proposer refills it from its peers (its next append
+    /// here fails, it reconnects, and recovery streams from the new flush LSN). Returns where
+    /// it cut, if it did.
     fn cut_at_corruption(&mut self, reported: Lsn) -> Result<Option<Lsn>> {
         let idx = self
             .boundary_hints
@@ -633,15 +635,28 @@ impl<S: AcceptorStorage> Acceptor<S> {
             return Ok(None);
         }
         let mut pos = self.boundary_hints[idx - 1];
+        // The failing read covered at most this much past `reported`.
+        let search_end = reported
+            .add((READ_WAL_BYTES_MAX + wal::RECORD_BYTES_MAX) as u64)
+            .min(self.flush_lsn);
         let bad = loop {
-            if pos == reported {
-                break reported;
+            if pos >= search_end {
+                return Ok(None);
             }
-            match self.storage.read_records(pos, reported, SCAN_CHUNK_BYTES) {
-                // The record at `pos` crosses `reported`: not a boundary, nothing to repair.
+            let read = match self
+                .storage
+                .read_records(pos, self.flush_lsn, SCAN_CHUNK_BYTES)
+            {
+                Err(SafekeeperError::CorruptRecord { .. }) => {
+                    self.storage.read_records(pos, self.flush_lsn, 1)
+                }
+                other => other,
+            };
+            match read {
                 Ok(data) if data.is_empty() => return Ok(None),
                 Ok(data) => pos = pos.add(data.len() as u64),
-                Err(SafekeeperError::CorruptRecord { lsn, .. }) => break lsn,
+                // A one-record read names the record itself.
+                Err(SafekeeperError::CorruptRecord { lsn, .. }) if lsn == pos => break pos,
                 Err(_) => return Ok(None),
             }
         };

@@ -303,3 +303,55 @@ fn a_control_file_pointing_past_the_wal_is_refused() {
         Err(SafekeeperError::Corrupt(_))
     ));
 }
+
+/// A zeroed block and a truncated tail in the segment file of a running acceptor: reads fail
+/// rather than return the bad bytes, and the acceptor cuts its WAL before the first damaged
+/// record (durably: a restart finds the same end), keeping everything before it.
+#[test]
+fn zeroed_block_and_truncated_tail_are_cut_not_served() {
+    for damage in ["zeroed block", "truncated tail"] {
+        let dir = TempDir::new("damage");
+        let records: Vec<Bytes> = (0..40).map(|xid| record(xid, 300)).collect();
+        let record_bytes = records[0].len() as u64;
+        let mut storage = open(&dir);
+        let written = write_records(&mut storage, &records);
+        let mut control = storage.control().clone();
+        control.flush_lsn = Lsn(written.len() as u64);
+        control.commit_lsn = control.flush_lsn;
+        storage.persist_control(&control).unwrap();
+        let segment_path = storage.dir().join(segment_name(0));
+        let mut acceptor = Acceptor::open(WalStorage::open(storage.dir()).unwrap()).unwrap();
+        assert_eq!(acceptor.flush_lsn(), Lsn(written.len() as u64));
+
+        // Damage starting inside record 10.
+        let first_bad = 10;
+        let at = first_bad * record_bytes + 17;
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&segment_path)
+            .unwrap();
+        match damage {
+            "zeroed block" => file.write_all_at(&[0u8; 4096], at).unwrap(),
+            _ => file.set_len(at).unwrap(),
+        }
+        drop(file);
+
+        let read = acceptor.read_committed(Lsn::ZERO, usize::MAX);
+        assert!(
+            matches!(read, Err(SafekeeperError::CorruptRecord { .. })),
+            "{damage}: {read:?}"
+        );
+        let cut = Lsn(first_bad * record_bytes);
+        assert_eq!(acceptor.flush_lsn(), cut, "{damage}");
+        assert_eq!(acceptor.commit_lsn(), cut, "{damage}");
+        let (kept, _) = acceptor.read_committed(Lsn::ZERO, usize::MAX).unwrap();
+        assert_eq!(&kept[..], &written[..cut.0 as usize], "{damage}");
+        // A restart finds the same end: the cut was durable.
+        drop(acceptor);
+        let acceptor = Acceptor::open(
+            WalStorage::open(&segment_path.parent().unwrap().to_path_buf()).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(acceptor.flush_lsn(), cut, "{damage} after restart");
+    }
+}
