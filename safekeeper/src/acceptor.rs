@@ -428,20 +428,9 @@ impl<S: AcceptorStorage> Acceptor<S> {
                     )))
                 }
             }
-            // First move the control file's scan start below the cut (keeping the old
-            // history, which still describes the old tail), then cut, then adopt the new
-            // history. A crash between any two steps leaves a consistent pair.
-            let new_term = term.max(self.term);
-            self.persist(ControlState {
-                term: new_term,
-                flush_lsn: truncate_lsn,
-                ..self.control_now()
-            })?;
-            self.storage.truncate_wal(truncate_lsn)?;
-            self.flush_lsn = truncate_lsn;
-            self.boundary_hints.retain(|hint| *hint <= truncate_lsn);
-            self.boundary_hints.push(truncate_lsn);
-            self.boundary_hints.dedup();
+            // Cut first, then adopt the new history: a crash between any two steps leaves a
+            // consistent pair.
+            self.cut_wal(truncate_lsn, term.max(self.term))?;
         }
         self.persist(ControlState {
             term: term.max(self.term),
@@ -453,6 +442,24 @@ impl<S: AcceptorStorage> Acceptor<S> {
             term,
             flush_lsn: self.flush_lsn,
         })
+    }
+
+    /// Removes the WAL from `lsn` (a record boundary, at or above `commit_lsn`) on, durably,
+    /// persisting `term` with it. The control file's scan start moves below the cut first
+    /// (keeping the old history, which still describes the old tail), so a crash between the
+    /// two steps scans from `lsn` and never resurrects the cut tail.
+    fn cut_wal(&mut self, lsn: Lsn, term: u64) -> Result<()> {
+        self.persist(ControlState {
+            term,
+            flush_lsn: lsn,
+            ..self.control_now()
+        })?;
+        self.storage.truncate_wal(lsn)?;
+        self.flush_lsn = lsn;
+        self.boundary_hints.retain(|hint| *hint <= lsn);
+        self.boundary_hints.push(lsn);
+        self.boundary_hints.dedup();
+        Ok(())
     }
 
     /// Whether `lsn` (at most `flush_lsn`) is a record boundary, by walking records from the
@@ -669,16 +676,7 @@ impl<S: AcceptorStorage> Acceptor<S> {
             self.commit_lsn
         );
         self.commit_lsn = self.commit_lsn.min(bad);
-        // As in `elected`: the control file first, so a crash in between scans from `bad`.
-        self.persist(ControlState {
-            flush_lsn: bad,
-            ..self.control_now()
-        })?;
-        self.storage.truncate_wal(bad)?;
-        self.flush_lsn = bad;
-        self.boundary_hints.retain(|hint| *hint <= bad);
-        self.boundary_hints.push(bad);
-        self.boundary_hints.dedup();
+        self.cut_wal(bad, self.term)?;
         Ok(Some(bad))
     }
 
