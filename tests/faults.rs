@@ -9,34 +9,8 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use support::cluster::{files_under, Cluster, Options};
-use tokio_postgres::{Client, NoTls};
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime")
-}
-
-async fn connect(url: &str) -> Client {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        match tokio_postgres::connect(url, NoTls).await {
-            Ok((client, connection)) => {
-                tokio::spawn(async move {
-                    let _ = connection.await;
-                });
-                return client;
-            }
-            Err(e) if Instant::now() < deadline => {
-                eprintln!("connect {url}: {e}; retrying");
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            Err(e) => panic!("cannot connect to {url}: {e}"),
-        }
-    }
-}
+use support::pg::{connect, runtime, sqlstate};
+use tokio_postgres::Client;
 
 async fn ids(client: &Client, table: &str) -> Vec<i32> {
     let rows = client
@@ -44,12 +18,6 @@ async fn ids(client: &Client, table: &str) -> Vec<i32> {
         .await
         .expect("select ids");
     rows.iter().map(|r| r.get::<_, i32>(0)).collect()
-}
-
-fn sqlstate(e: &tokio_postgres::Error) -> String {
-    e.code()
-        .map(|c| c.code().to_string())
-        .unwrap_or_else(|| format!("no SQLSTATE: {e}"))
 }
 
 #[test]

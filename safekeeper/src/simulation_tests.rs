@@ -410,7 +410,7 @@ impl Sim {
             let range = start.0 as usize..start.0 as usize + record.len();
             log.get(range) == Some(&record[..])
         };
-        for (k, commit) in acked.iter().enumerate() {
+        for commit in &acked {
             let holders = logs.iter().filter(|log| holds(log, commit)).count();
             if holders < majority(NODES) {
                 return Err(format!(

@@ -106,6 +106,8 @@ impl Cluster {
                 addr.to_string(),
                 "--data-dir".into(),
                 dir.join(sk).display().to_string(),
+                "--object-store".into(),
+                dir.join("object-store").display().to_string(),
             ];
             components.insert(
                 sk.to_string(),
@@ -200,6 +202,58 @@ impl Cluster {
         args
     }
 
+    /// Points the compute's `--safekeepers` at `addrs` (relays, say) instead of the
+    /// safekeepers themselves, from its next start on. The pageserver still connects directly.
+    pub fn set_compute_safekeepers(&mut self, addrs: &[SocketAddr]) {
+        let list: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
+        let args = &mut self.components.get_mut("compute").expect("compute").args;
+        let at = args
+            .iter()
+            .position(|a| a == "--safekeepers")
+            .expect("compute has --safekeepers")
+            + 1;
+        args[at] = list.join(",");
+    }
+
+    /// Registers one more pageserver, `name`, for the same timeline and object store but its
+    /// own tenant (so its own layers: it starts from LSN 0) and folder; start it with
+    /// [`Cluster::start_component`].
+    pub fn add_pageserver(&mut self, name: &str, tenant_hex: &str) -> SocketAddr {
+        let addr = free_addr();
+        let mut args = self.components["pageserver"].args.clone();
+        let mut set = |flag: &str, value: String| {
+            let at = args
+                .iter()
+                .position(|a| a == flag)
+                .expect("pageserver flag")
+                + 1;
+            args[at] = value;
+        };
+        set("--listen", addr.to_string());
+        set("--data-dir", self.dir.join(name).display().to_string());
+        set("--tenant", tenant_hex.to_string());
+        self.components.insert(
+            name.to_string(),
+            Component {
+                args,
+                addr,
+                child: None,
+            },
+        );
+        addr
+    }
+
+    /// The timeline id (hex) the cluster serves.
+    pub fn timeline(&self) -> String {
+        let args = &self.components["pageserver"].args;
+        let at = args
+            .iter()
+            .position(|a| a == "--timeline")
+            .expect("timeline")
+            + 1;
+        args[at].clone()
+    }
+
     pub fn addr(&self, name: &str) -> SocketAddr {
         self.components[name].addr
     }
@@ -267,6 +321,22 @@ impl Cluster {
     pub fn kill(&mut self, name: &str) {
         if let Some(mut child) = self.components.get_mut(name).and_then(|c| c.child.take()) {
             let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGKILLs the named components at the same instant (every signal is sent before any
+    /// is reaped), then reaps them.
+    pub fn kill_many(&mut self, names: &[&str]) {
+        let mut children: Vec<Child> = names
+            .iter()
+            .filter_map(|name| self.components.get_mut(*name).and_then(|c| c.child.take()))
+            .collect();
+        for child in &children {
+            // SAFETY: signalling our own child processes.
+            unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+        }
+        for child in &mut children {
             let _ = child.wait();
         }
     }

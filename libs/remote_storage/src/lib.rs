@@ -26,10 +26,13 @@ use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutOptions, PutPayload};
 
+pub mod faults;
 pub mod wal_objects;
 
 /// Attempts per request (the first one included) before giving up.
 pub const ATTEMPTS_MAX: u32 = 3;
+/// How long one attempt may take before it counts as failed (and is retried).
+pub const REQUEST_TIMEOUT_DEFAULT_MS: u64 = 30_000;
 /// Pause before the first retry of a request; doubled for each later retry.
 pub const BACKOFF_MIN_MS: u64 = 100;
 
@@ -126,6 +129,7 @@ pub struct RemoteStorageStats {
 #[derive(Debug, Clone)]
 pub struct RemoteStorage {
     store: Arc<dyn ObjectStore>,
+    request_timeout: Duration,
     /// Root folder when the store is a local folder: puts are then fsynced.
     local_root: Option<PathBuf>,
     counters: Arc<Counters>,
@@ -149,6 +153,7 @@ impl RemoteStorage {
         let root = std::fs::canonicalize(root).map_err(io)?;
         Ok(RemoteStorage {
             store: Arc::new(store),
+            request_timeout: Duration::from_millis(REQUEST_TIMEOUT_DEFAULT_MS),
             local_root: Some(root),
             counters: Arc::default(),
         })
@@ -158,9 +163,16 @@ impl RemoteStorage {
     pub fn from_object_store(store: Arc<dyn ObjectStore>) -> RemoteStorage {
         RemoteStorage {
             store,
+            request_timeout: Duration::from_millis(REQUEST_TIMEOUT_DEFAULT_MS),
             local_root: None,
             counters: Arc::default(),
         }
+    }
+
+    /// The same store with another per-attempt timeout.
+    pub fn with_request_timeout(mut self, timeout: Duration) -> RemoteStorage {
+        self.request_timeout = timeout;
+        self
     }
 
     pub fn stats(&self) -> RemoteStorageStats {
@@ -175,37 +187,59 @@ impl RemoteStorage {
     }
 
     /// Runs `attempt` until it succeeds, fails with a non-transient error, or has been tried
-    /// [`ATTEMPTS_MAX`] times.
-    async fn with_retries<T, F, Fut>(
+    /// [`ATTEMPTS_MAX`] times. An attempt that takes longer than the request timeout counts
+    /// as a transient failure.
+    async fn with_retries<T, F, Fut>(&self, op: &'static str, key: &str, attempt: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = object_store::Result<T>>,
+    {
+        self.with_retries_noting(op, key, attempt).await.0
+    }
+
+    /// [`RemoteStorage::with_retries`], and whether an attempt failed in a way that leaves its
+    /// effect unknown (a transient error or a timeout: the request may have been applied).
+    async fn with_retries_noting<T, F, Fut>(
         &self,
         op: &'static str,
         key: &str,
         mut attempt: F,
-    ) -> Result<T>
+    ) -> (Result<T>, bool)
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = object_store::Result<T>>,
     {
         let mut backoff = Duration::from_millis(BACKOFF_MIN_MS);
         let mut n_attempts = 0;
+        let mut ambiguous = false;
         loop {
             n_attempts += 1;
             self.counters.requests.fetch_add(1, Ordering::Relaxed);
-            match attempt().await {
-                Ok(value) => return Ok(value),
+            let outcome = match tokio::time::timeout(self.request_timeout, attempt()).await {
+                Ok(outcome) => outcome,
+                Err(_) => Err(object_store::Error::Generic {
+                    store: "RemoteStorage",
+                    source: format!("timed out after {:?}", self.request_timeout).into(),
+                }),
+            };
+            match outcome {
+                Ok(value) => return (Ok(value), ambiguous),
                 Err(cause) if is_transient(&cause) && n_attempts < ATTEMPTS_MAX => {
                     tracing::warn!("object store {op} of {key} failed (attempt {n_attempts}), retrying in {backoff:?}: {cause}");
+                    ambiguous = true;
                     self.counters.retries.fetch_add(1, Ordering::Relaxed);
                     tokio::time::sleep(backoff).await;
                     backoff *= 2;
                 }
                 Err(cause) => {
+                    ambiguous |= is_transient(&cause);
                     self.counters.failures.fetch_add(1, Ordering::Relaxed);
-                    return Err(RemoteStorageError::ObjectStore {
+                    let error = RemoteStorageError::ObjectStore {
                         op,
                         key: key.to_string(),
                         cause,
-                    });
+                    };
+                    return (Err(error), ambiguous);
                 }
             }
         }
@@ -221,11 +255,25 @@ impl RemoteStorage {
             },
             ..PutOptions::default()
         };
-        self.with_retries("put", key, || {
-            self.store
-                .put_opts(&path, PutPayload::from_bytes(bytes.clone()), options())
-        })
-        .await?;
+        let (result, ambiguous) = self
+            .with_retries_noting("put", key, || {
+                self.store
+                    .put_opts(&path, PutPayload::from_bytes(bytes.clone()), options())
+            })
+            .await;
+        match result {
+            // A create-only put that "already exists" after an attempt whose effect is unknown
+            // may have found its own earlier write: it succeeded if the object holds our bytes.
+            Err(e) if e.is_already_exists() && ambiguous => {
+                let existing = self.get(key, n_bytes).await;
+                if !existing.is_ok_and(|existing| existing == bytes) {
+                    return Err(e);
+                }
+            }
+            other => {
+                other?;
+            }
+        }
         self.counters
             .bytes_uploaded
             .fetch_add(n_bytes, Ordering::Relaxed);
@@ -384,5 +432,78 @@ mod tests {
         assert_eq!(stats.failures, 2, "already exists and not found");
         assert_eq!(stats.retries, 0, "none of those failures is transient");
         std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    /// Create-only puts through injected failures, timeouts and lost responses: a put that
+    /// reports success stored our bytes; a put onto an existing object never replaces it,
+    /// even when the retry of a put whose response was lost finds "already exists".
+    #[tokio::test]
+    async fn create_only_puts_through_faults_never_overwrite() {
+        use crate::faults::{FaultRates, FaultyStore};
+        for seed in 1..=5u64 {
+            let faulty = Arc::new(FaultyStore::new(
+                Arc::new(object_store::memory::InMemory::new()),
+                FaultRates {
+                    fail_percent: 15,
+                    slow_percent: 5,
+                    lost_response_percent: 20,
+                    slow_ms: 200,
+                },
+                seed,
+            ));
+            let remote = RemoteStorage::from_object_store(faulty.clone())
+                .with_request_timeout(Duration::from_millis(50));
+            let content =
+                |i: u32, version: u32| Bytes::from(format!("object {i} version {version}"));
+            let mut created = Vec::new();
+            for i in 0..60 {
+                let ok = remote
+                    .put(&format!("k/{i}"), content(i, 1), PutMode::CreateNew)
+                    .await
+                    .is_ok();
+                created.push(ok);
+            }
+            for i in 0..60 {
+                let again = remote
+                    .put(&format!("k/{i}"), content(i, 2), PutMode::CreateNew)
+                    .await;
+                if created[i as usize] {
+                    assert!(again.is_err(), "seed {seed}: k/{i} was replaced");
+                }
+            }
+            faulty.set_rates(FaultRates::default());
+            for (i, ok) in created.iter().enumerate() {
+                let stored = remote.get(&format!("k/{i}"), 1 << 10).await;
+                if *ok {
+                    assert!(
+                        stored.is_ok(),
+                        "seed {seed}: k/{i} reported created, not there"
+                    );
+                }
+                if let Ok(stored) = stored {
+                    assert_eq!(
+                        stored,
+                        content(i as u32, 1),
+                        "seed {seed}: k/{i} overwritten"
+                    );
+                }
+            }
+            let mut first_write: std::collections::HashMap<String, Bytes> = Default::default();
+            for (key, bytes) in faulty.recorded_puts() {
+                let first = first_write.entry(key.clone()).or_insert(bytes.clone());
+                assert_eq!(*first, bytes, "seed {seed}: {key} overwritten");
+            }
+            let counts = &faulty.counts;
+            assert!(
+                counts.failed.load(Ordering::Relaxed) > 0
+                    && counts.lost_responses.load(Ordering::Relaxed) > 0
+                    && counts.slowed.load(Ordering::Relaxed) > 0,
+                "seed {seed}: the faults were not exercised: {counts:?}"
+            );
+            assert!(
+                created.iter().filter(|ok| **ok).count() > 30,
+                "seed {seed}: too few puts succeeded"
+            );
+        }
     }
 }
