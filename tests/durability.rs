@@ -131,6 +131,10 @@ const BANK_INITIAL_BALANCE: i64 = 1_000;
 const BANK_TOTAL: i64 = BANK_ACCOUNTS as i64 * BANK_INITIAL_BALANCE;
 const BANK_CLIENTS: usize = 10;
 const BANK_READERS: usize = 2;
+/// COMMIT's wait for a majority in the bank test.
+const BANK_COMMIT_TIMEOUT_MS: u64 = 1_000;
+/// One kill cycle in this many takes two safekeepers down at once (losing the majority).
+const BANK_QUORUM_LOSS_ONE_IN: u64 = 5;
 /// Kill cycles when `OMENDB_BANK_CYCLES` is not set.
 const BANK_CYCLES_DEFAULT: u64 = 30;
 /// A writer checks the total after every this many transfers.
@@ -303,8 +307,9 @@ async fn bank_reader(
     }
 }
 
-/// Money is neither created nor destroyed while safekeepers are SIGKILLed and restarted one at
-/// a time under 10 concurrent transfer clients: every total read is 100,000; every
+/// Money is neither created nor destroyed while safekeepers are SIGKILLed and restarted (one
+/// at a time, and in one cycle of five two at once, so the majority is lost for a while) under
+/// 10 concurrent transfer clients: every total read is 100,000; every
 /// acknowledged transfer is in the log; no transfer that was never attempted, or that
 /// certainly aborted, is; and each balance equals the initial balance plus the net of the
 /// log, so an ambiguous transfer is either entirely applied or entirely absent.
@@ -320,7 +325,7 @@ fn bank_transfers_survive_safekeeper_kills() {
     let mut cluster = Cluster::start_with(
         "bank",
         Options {
-            commit_timeout_ms: 5_000,
+            commit_timeout_ms: BANK_COMMIT_TIMEOUT_MS,
             ..Options::default()
         },
     );
@@ -378,10 +383,20 @@ fn bank_transfers_survive_safekeeper_kills() {
             break;
         }
         cycles_done += 1;
-        let victim = SAFEKEEPERS[rng.below(SAFEKEEPERS.len() as u64) as usize];
-        cluster.kill(victim);
-        std::thread::sleep(rng.millis(0, 300));
-        cluster.start_component(victim);
+        let first = rng.below(SAFEKEEPERS.len() as u64) as usize;
+        if rng.below(BANK_QUORUM_LOSS_ONE_IN) == 0 {
+            // Two at once: the majority is gone for longer than the commit timeout now and
+            // then, so some COMMITs fail with their outcome unknown (ambiguous transfers).
+            let second = (first + 1 + rng.below(2) as usize) % SAFEKEEPERS.len();
+            cluster.kill_many(&[SAFEKEEPERS[first], SAFEKEEPERS[second]]);
+            std::thread::sleep(rng.millis(0, 2 * BANK_COMMIT_TIMEOUT_MS));
+            cluster.start_component(SAFEKEEPERS[first]);
+            cluster.start_component(SAFEKEEPERS[second]);
+        } else {
+            cluster.kill(SAFEKEEPERS[first]);
+            std::thread::sleep(rng.millis(0, 300));
+            cluster.start_component(SAFEKEEPERS[first]);
+        }
         std::thread::sleep(rng.millis(50, 500));
     }
     stop.store(true, Ordering::Relaxed);
