@@ -16,6 +16,7 @@
 
 pub mod error;
 pub mod layer;
+pub mod layer_map;
 pub mod limits;
 pub mod manifest;
 pub mod remote_layout;
