@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs what the tests need (PostgreSQL 15 for the comparison tests) and runs every test:
+# Installs what the tests need (PostgreSQL 15 for the comparison tests, moto's S3 server for
+# the S3 object store tests) and runs every test:
 # unit tests, integration tests with real processes, and the PostgreSQL comparison.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,6 +22,19 @@ if ! have_postgres; then
 fi
 if [ "$(id -u)" = 0 ] && ! id postgres >/dev/null 2>&1; then
     useradd --system --home-dir /var/lib/postgresql --shell /bin/bash postgres
+fi
+
+if ! command -v moto_server >/dev/null; then
+    echo "installing moto's S3 server for the S3 object store tests" >&2
+    python3 -m pip install --quiet 'moto[server]'
+    # A user install puts the script in ~/.local/bin; pyenv needs its shims rebuilt.
+    export PATH="$HOME/.local/bin:$PATH"
+    command -v pyenv >/dev/null && pyenv rehash
+    hash -r
+fi
+if ! command -v moto_server >/dev/null; then
+    echo "moto_server is not on PATH after installing moto[server]" >&2
+    exit 1
 fi
 
 cargo build --workspace --all-targets --locked

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 use ids::{TenantId, TimelineId};
 
@@ -30,8 +30,10 @@ enum Command {
         /// Port on 127.0.0.1 for PostgreSQL clients.
         #[arg(long, default_value_t = 55432)]
         port: u16,
-        /// Object store for the pageserver's layer files: a local folder (or file:// URL).
-        /// Default: <data-dir>/object-store.
+        /// Object store for the pageserver's layer files and offloaded WAL: a local folder,
+        /// a file:// URL, or s3://bucket/prefix (with AWS_ACCESS_KEY_ID,
+        /// AWS_SECRET_ACCESS_KEY, AWS_REGION and, for an S3-compatible server, AWS_ENDPOINT
+        /// and AWS_ALLOW_HTTP in the environment). Default: <data-dir>/object-store.
         #[arg(long)]
         object_store: Option<String>,
         /// How long COMMIT waits for a majority of safekeepers before it fails.
@@ -49,7 +51,8 @@ enum Command {
         /// Folder for its WAL and control files.
         #[arg(long)]
         data_dir: PathBuf,
-        /// Object store to offload committed WAL to: a local folder (or file:// URL).
+        /// Object store to offload committed WAL to: a local folder, a file:// URL, or
+        /// s3://bucket/prefix (with AWS_* environment variables, as for `omendb start`).
         /// Without one, WAL is never removed locally.
         #[arg(long)]
         object_store: Option<String>,
@@ -62,7 +65,8 @@ enum Command {
         /// Folder for its local cache.
         #[arg(long)]
         data_dir: PathBuf,
-        /// Object store: a local folder (or file:// URL).
+        /// Object store: a local folder, a file:// URL, or s3://bucket/prefix (with AWS_*
+        /// environment variables, as for `omendb start`).
         #[arg(long)]
         object_store: String,
         /// Safekeepers to stream WAL from, comma-separated.
@@ -104,16 +108,6 @@ enum Command {
     },
 }
 
-fn object_store_dir(spec: &str) -> anyhow::Result<PathBuf> {
-    if let Some(path) = spec.strip_prefix("file://") {
-        return Ok(PathBuf::from(path));
-    }
-    if spec.contains("://") {
-        bail!("object store {spec:?}: only local folders are supported so far");
-    }
-    Ok(PathBuf::from(spec))
-}
-
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
@@ -134,12 +128,11 @@ fn main() -> anyhow::Result<()> {
                 object_store,
                 commit_timeout_ms,
             } => {
-                let object_store_dir = object_store.as_deref().map(object_store_dir).transpose()?;
                 let binary = std::env::current_exe().context("finding the omendb binary")?;
                 control_plane::start(control_plane::StartConfig {
                     data_dir,
                     port,
-                    object_store_dir,
+                    object_store,
                     commit_timeout_ms,
                     binary,
                 })
@@ -156,10 +149,7 @@ fn main() -> anyhow::Result<()> {
                         id,
                         listen,
                         data_dir,
-                        object_store_dir: object_store
-                            .as_deref()
-                            .map(object_store_dir)
-                            .transpose()?,
+                        object_store,
                     },
                     shutdown,
                 )
@@ -178,7 +168,7 @@ fn main() -> anyhow::Result<()> {
                 let config = pageserver::Config {
                     listen,
                     data_dir,
-                    object_store_dir: object_store_dir(&object_store)?,
+                    object_store,
                     safekeepers,
                     tenant,
                     timeline,

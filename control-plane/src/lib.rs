@@ -9,7 +9,7 @@
 //! <data-dir>/omendb.lock         held while a cluster runs on this folder
 //! <data-dir>/safekeeper-<n>/     each safekeeper's WAL
 //! <data-dir>/pageserver/         the pageserver's local cache
-//! <data-dir>/object-store/       the object store (a local folder)
+//! <data-dir>/object-store/       the object store, unless `--object-store` names another
 //! <data-dir>/logs/<name>.log     each process's log
 //! ```
 //!
@@ -45,8 +45,9 @@ pub struct StartConfig {
     pub data_dir: PathBuf,
     /// Port for PostgreSQL clients.
     pub port: u16,
-    /// The object store: a local folder (default `<data-dir>/object-store`).
-    pub object_store_dir: Option<PathBuf>,
+    /// The object store, passed to each component as given: a local folder, `file://` URL or
+    /// `s3://bucket/prefix` (default: the folder `<data-dir>/object-store`).
+    pub object_store: Option<String>,
     pub commit_timeout_ms: u64,
     /// The `omendb` binary to start the components with.
     pub binary: PathBuf,
@@ -226,11 +227,14 @@ pub async fn start(config: StartConfig) -> anyhow::Result<()> {
     let data_dir = data_dir.canonicalize()?;
     let _lock = lock_data_dir(&data_dir)?;
     let (tenant, timeline) = load_or_init(&data_dir)?;
-    let object_store_dir = config
-        .object_store_dir
-        .clone()
-        .unwrap_or_else(|| data_dir.join("object-store"));
-    std::fs::create_dir_all(&object_store_dir)?;
+    let object_store = match &config.object_store {
+        Some(spec) => spec.clone(),
+        None => {
+            let dir = data_dir.join("object-store");
+            std::fs::create_dir_all(&dir)?;
+            dir.display().to_string()
+        }
+    };
 
     let log = |name: &str| data_dir.join("logs").join(format!("{name}.log"));
     let mut components = Vec::new();
@@ -253,7 +257,7 @@ pub async fn start(config: StartConfig) -> anyhow::Result<()> {
                     .display()
                     .to_string(),
                 "--object-store".into(),
-                object_store_dir.display().to_string(),
+                object_store.clone(),
             ],
             addr,
             log: log(&format!("safekeeper-{n}")),
@@ -271,7 +275,7 @@ pub async fn start(config: StartConfig) -> anyhow::Result<()> {
             "--data-dir".into(),
             data_dir.join("pageserver").display().to_string(),
             "--object-store".into(),
-            object_store_dir.display().to_string(),
+            object_store.clone(),
             "--safekeepers".into(),
             safekeepers.clone(),
             "--tenant".into(),

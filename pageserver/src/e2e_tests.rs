@@ -259,7 +259,7 @@ fn config(object_store_dir: &std::path::Path, safekeepers: Vec<SocketAddr>) -> C
     Config {
         listen: "127.0.0.1:0".parse().unwrap(),
         data_dir: temp_dir("e2e-data"),
-        object_store_dir: object_store_dir.to_path_buf(),
+        object_store: object_store_dir.display().to_string(),
         safekeepers,
         tenant: TENANT,
         timeline: TIMELINE,

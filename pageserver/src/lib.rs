@@ -49,8 +49,9 @@ pub struct Config {
     pub listen: std::net::SocketAddr,
     /// Local disk: a cache only (may be empty or new at any start).
     pub data_dir: std::path::PathBuf,
-    /// The object store: a local folder.
-    pub object_store_dir: std::path::PathBuf,
+    /// The object store: a local folder, `file:///abs/path` or `s3://bucket/prefix`
+    /// (see `remote_storage::RemoteStorage::from_spec`).
+    pub object_store: String,
     pub safekeepers: Vec<std::net::SocketAddr>,
     pub tenant: ids::TenantId,
     pub timeline: ids::TimelineId,
@@ -63,6 +64,8 @@ pub struct Config {
 /// Binds, logs "pageserver listening on {addr}", ingests and serves until `shutdown`
 /// resolves; then uploads what is not yet uploaded and returns.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
+    // A bad object store spec stops the pageserver before anyone can connect to it.
+    remote_storage::ObjectStoreSpec::parse(&config.object_store)?;
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding the pageserver to {}", config.listen))?;
@@ -78,12 +81,8 @@ pub(crate) async fn run_with_listener(
     tokio::pin!(shutdown);
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating the data folder {}", config.data_dir.display()))?;
-    let remote = RemoteStorage::local(&config.object_store_dir).with_context(|| {
-        format!(
-            "opening the object store in {}",
-            config.object_store_dir.display()
-        )
-    })?;
+    let remote = RemoteStorage::from_spec(&config.object_store)
+        .with_context(|| format!("opening the object store {}", config.object_store))?;
     let timeline = tokio::select! {
         _ = &mut shutdown => return Ok(()),
         loaded = Timeline::load(remote, config.tenant, config.timeline) => Arc::new(

@@ -43,9 +43,10 @@ pub struct Config {
     pub listen: std::net::SocketAddr,
     /// Where timelines live (`<data_dir>/timelines/<timeline hex>/`).
     pub data_dir: std::path::PathBuf,
-    /// The object store (a local folder) that committed WAL is offloaded to; without one,
-    /// WAL is kept locally for ever.
-    pub object_store_dir: Option<std::path::PathBuf>,
+    /// The object store that committed WAL is offloaded to: a local folder,
+    /// `file:///abs/path` or `s3://bucket/prefix` (see
+    /// `remote_storage::RemoteStorage::from_spec`); without one, WAL is kept locally for ever.
+    pub object_store: Option<String>,
 }
 
 /// Binds, logs "safekeeper {id} listening on {addr}", serves until `shutdown` resolves,
@@ -57,18 +58,20 @@ pub async fn run(
     tokio::fs::create_dir_all(&config.data_dir)
         .await
         .with_context(|| format!("creating data folder {}", config.data_dir.display()))?;
+    // Opened before binding, so that a bad object store spec stops the safekeeper before
+    // anyone can connect to it.
+    let remote = match &config.object_store {
+        Some(spec) => Some(
+            remote_storage::RemoteStorage::from_spec(spec)
+                .with_context(|| format!("opening the object store {spec}"))?,
+        ),
+        None => None,
+    };
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding {}", config.listen))?;
     let addr = listener.local_addr().context("reading the bound address")?;
     tracing::info!("safekeeper {} listening on {addr}", config.id);
-    let remote = match &config.object_store_dir {
-        Some(dir) => Some(
-            remote_storage::RemoteStorage::local(dir)
-                .with_context(|| format!("opening the object store {}", dir.display()))?,
-        ),
-        None => None,
-    };
     server::Server::new(config.id, config.data_dir, remote)
         .serve(listener, shutdown)
         .await;

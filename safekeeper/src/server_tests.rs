@@ -146,7 +146,7 @@ impl Running {
             id: 1,
             listen: addr,
             data_dir: data_dir.to_path_buf(),
-            object_store_dir: object_store_dir.map(Path::to_path_buf),
+            object_store: object_store_dir.map(|dir| dir.display().to_string()),
         };
         let task = tokio::spawn(crate::run(config, async move {
             let _ = stopped.await;

@@ -21,6 +21,11 @@ pub struct Options {
     pub commit_timeout_ms: u64,
     /// How often the pageserver uploads to the object store.
     pub checkpoint_interval_ms: u64,
+    /// The pageserver's and safekeepers' `--object-store`; `None`: the folder
+    /// `<cluster dir>/object-store`.
+    pub object_store: Option<String>,
+    /// Environment variables for every component (`AWS_*` settings for an S3 store).
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for Options {
@@ -28,6 +33,8 @@ impl Default for Options {
         Options {
             commit_timeout_ms: 10_000,
             checkpoint_interval_ms: 200,
+            object_store: None,
+            env: Vec::new(),
         }
     }
 }
@@ -42,6 +49,7 @@ pub struct Cluster {
     pub dir: PathBuf,
     binary: PathBuf,
     components: BTreeMap<String, Component>,
+    env: Vec<(String, String)>,
 }
 
 /// First port handed out to test processes; below Linux's ephemeral range (32768 and up),
@@ -93,6 +101,10 @@ impl Cluster {
             0x0e0d_0000_0000_0000_0000_0000_0000_0001u128 + COUNTER.load(Ordering::Relaxed) as u128
         );
         let tenant = format!("{:032x}", 0x7e_0000_0000_0000_0000_0000_0000_0001u128);
+        let object_store = options
+            .object_store
+            .clone()
+            .unwrap_or_else(|| dir.join("object-store").display().to_string());
         let mut components = BTreeMap::new();
         let mut sk_addrs = Vec::new();
         for (i, sk) in SAFEKEEPERS.iter().enumerate() {
@@ -107,7 +119,7 @@ impl Cluster {
                 "--data-dir".into(),
                 dir.join(sk).display().to_string(),
                 "--object-store".into(),
-                dir.join("object-store").display().to_string(),
+                object_store.clone(),
             ];
             components.insert(
                 sk.to_string(),
@@ -126,7 +138,7 @@ impl Cluster {
             "--data-dir".into(),
             dir.join("pageserver").display().to_string(),
             "--object-store".into(),
-            dir.join("object-store").display().to_string(),
+            object_store,
             "--safekeepers".into(),
             sk_addrs.join(","),
             "--tenant".into(),
@@ -171,6 +183,7 @@ impl Cluster {
             dir,
             binary,
             components,
+            env: options.env,
         }
     }
 
@@ -285,6 +298,7 @@ impl Cluster {
             .expect("open log");
         let child = Command::new(&binary)
             .args(&component.args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone log"))

@@ -9,10 +9,19 @@
 //! wal/<timeline hex>/...                               the safekeepers ([`wal_objects`])
 //! ```
 //!
+//! Where the objects live is named by a spec ([`RemoteStorage::from_spec`]):
+//!
+//! ```text
+//! /some/folder, file:///some/folder   a local folder (created if missing)
+//! s3://bucket[/prefix]                an S3 bucket, or an S3-compatible server through
+//!                                     AWS_ENDPOINT; credentials and region from AWS_*
+//! ```
+//!
 //! The local-folder store (`object_store::local::LocalFileSystem`) writes atomically by
 //! rename but does not fsync; since callers report what they uploaded as durable (and
 //! safekeepers delete their local copy of uploaded WAL), this wrapper fsyncs the file and
-//! its folders after each put. Does I/O.
+//! its folders after each put. S3 acknowledges a put once it is durable, and a create-only
+//! put there is a conditional `If-None-Match: *` request. Does I/O.
 
 use std::future::Future;
 use std::path::{Path as FsPath, PathBuf};
@@ -22,11 +31,15 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::TryStreamExt;
+use object_store::aws::{AmazonS3Builder, S3ConditionalPut};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt, PutOptions, PutPayload};
+use object_store::prefix::PrefixStore;
+use object_store::{ObjectStore, ObjectStoreExt, PutOptions, PutPayload, RetryConfig};
 
 pub mod faults;
+#[cfg(test)]
+mod s3_tests;
 pub mod wal_objects;
 
 /// Attempts per request (the first one included) before giving up.
@@ -38,6 +51,9 @@ pub const BACKOFF_MIN_MS: u64 = 100;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RemoteStorageError {
+    /// An object store spec that names no store this build can open.
+    #[error("object store {spec:?}: {reason}")]
+    BadSpec { spec: String, reason: String },
     /// A request failed (after its retries, where it was worth retrying).
     #[error("object store {op} of {key} failed: {cause}")]
     ObjectStore {
@@ -96,6 +112,109 @@ pub enum PutMode {
     Overwrite,
     /// Fail with an "already exists" error (see [`RemoteStorageError::is_already_exists`]).
     CreateNew,
+}
+
+/// Where the objects live, as parsed from a spec (see [`ObjectStoreSpec::parse`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ObjectStoreSpec {
+    /// A local folder.
+    Local(PathBuf),
+    /// An S3 bucket; every key is stored under `prefix` (no leading or trailing `/`; empty
+    /// for the bucket's root).
+    S3 { bucket: String, prefix: String },
+}
+
+impl ObjectStoreSpec {
+    /// Parses `/path`, `relative/path`, `file:///abs/path` or `s3://bucket[/prefix]`.
+    pub fn parse(spec: &str) -> Result<ObjectStoreSpec> {
+        let bad = |reason: &str| RemoteStorageError::BadSpec {
+            spec: spec.to_string(),
+            reason: reason.to_string(),
+        };
+        if spec.is_empty() {
+            return Err(bad(
+                "empty; expected a local folder, file:///abs/path or s3://bucket/prefix",
+            ));
+        }
+        let Some((scheme, rest)) = spec
+            .split_once("://")
+            .filter(|(scheme, _)| is_url_scheme(scheme))
+        else {
+            return Ok(ObjectStoreSpec::Local(PathBuf::from(spec)));
+        };
+        match scheme.to_ascii_lowercase().as_str() {
+            "file" => {
+                if !rest.starts_with('/') {
+                    return Err(bad("a file:// URL needs an absolute path (file:///abs/path)"));
+                }
+                Ok(ObjectStoreSpec::Local(PathBuf::from(rest)))
+            }
+            "s3" => {
+                let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+                if bucket.is_empty() {
+                    return Err(bad("missing bucket name (expected s3://bucket[/prefix])"));
+                }
+                if !bucket
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b'_')
+                {
+                    return Err(bad(
+                        "a bucket name holds only letters, digits, '.', '-' and '_'",
+                    ));
+                }
+                let prefix = prefix.trim_end_matches('/');
+                if !prefix.is_empty() {
+                    Path::parse(prefix).map_err(|e| bad(&format!("bad prefix {prefix:?}: {e}")))?;
+                }
+                Ok(ObjectStoreSpec::S3 {
+                    bucket: bucket.to_string(),
+                    prefix: prefix.to_string(),
+                })
+            }
+            _ => Err(bad(&format!(
+                "unknown scheme {scheme:?}; expected a local folder, file:///abs/path or s3://bucket/prefix"
+            ))),
+        }
+    }
+}
+
+/// Whether `s` is a URL scheme (RFC 3986: a letter, then letters, digits, `+`, `-`, `.`).
+fn is_url_scheme(s: &str) -> bool {
+    let mut bytes = s.bytes();
+    bytes.next().is_some_and(|b| b.is_ascii_alphabetic())
+        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'-' || b == b'.')
+}
+
+/// The S3 store for `bucket`, its keys under `prefix`, with the connection settings of
+/// `builder` (endpoint, credentials, region).
+///
+/// Create-only puts are `If-None-Match: *` requests. The client's own retries are off:
+/// [`RemoteStorage`] retries, and it must see every failed attempt of a create-only put to
+/// tell "already exists" from "my earlier attempt got there" (a hidden retry after a lost
+/// response would report an object it wrote itself as someone else's).
+fn s3_object_store(
+    builder: AmazonS3Builder,
+    bucket: &str,
+    prefix: &str,
+) -> Result<Arc<dyn ObjectStore>> {
+    let s3 = builder
+        .with_bucket_name(bucket)
+        .with_conditional_put(S3ConditionalPut::ETagMatch)
+        .with_retry(RetryConfig {
+            max_retries: 0,
+            ..RetryConfig::default()
+        })
+        .build()
+        .map_err(|cause| RemoteStorageError::ObjectStore {
+            op: "open",
+            key: format!("s3://{bucket}"),
+            cause,
+        })?;
+    Ok(if prefix.is_empty() {
+        Arc::new(s3)
+    } else {
+        Arc::new(PrefixStore::new(s3, prefix))
+    })
 }
 
 /// A listed object.
@@ -157,6 +276,26 @@ impl RemoteStorage {
             local_root: Some(root),
             counters: Arc::default(),
         })
+    }
+
+    /// The store a spec names (see [`ObjectStoreSpec::parse`]): a local folder, created if
+    /// missing, or an S3 bucket whose connection settings come from the environment:
+    /// `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION` (default `us-east-1`),
+    /// `AWS_ENDPOINT` (an S3-compatible server) and `AWS_ALLOW_HTTP`. Opening an S3 store
+    /// makes no request.
+    pub fn from_spec(spec: &str) -> Result<RemoteStorage> {
+        RemoteStorage::from_spec_with(spec, AmazonS3Builder::from_env())
+    }
+
+    /// [`RemoteStorage::from_spec`] with the S3 connection settings of `s3_builder` instead
+    /// of the environment's.
+    pub(crate) fn from_spec_with(spec: &str, s3_builder: AmazonS3Builder) -> Result<RemoteStorage> {
+        match ObjectStoreSpec::parse(spec)? {
+            ObjectStoreSpec::Local(root) => RemoteStorage::local(&root),
+            ObjectStoreSpec::S3 { bucket, prefix } => Ok(RemoteStorage::from_object_store(
+                s3_object_store(s3_builder, &bucket, &prefix)?,
+            )),
+        }
     }
 
     /// Any `object_store` implementation (S3, an in-memory store, a fault-injecting wrapper).
@@ -377,6 +516,56 @@ mod tests {
         ));
         let _ = std::fs::remove_dir_all(&dir);
         dir
+    }
+
+    #[test]
+    fn specs_name_a_local_folder_or_an_s3_bucket() {
+        let s3 = |bucket: &str, prefix: &str| ObjectStoreSpec::S3 {
+            bucket: bucket.into(),
+            prefix: prefix.into(),
+        };
+        let local = |path: &str| ObjectStoreSpec::Local(PathBuf::from(path));
+        for (spec, parsed) in [
+            ("/var/omendb/objects", local("/var/omendb/objects")),
+            ("relative/objects", local("relative/objects")),
+            ("file:///var/omendb/objects", local("/var/omendb/objects")),
+            ("s3://bucket", s3("bucket", "")),
+            ("s3://bucket/", s3("bucket", "")),
+            (
+                "s3://my-bucket.v2/some/prefix",
+                s3("my-bucket.v2", "some/prefix"),
+            ),
+            ("S3://bucket/some/prefix/", s3("bucket", "some/prefix")),
+            // Not a URL scheme before "://": a (strange) local path.
+            ("./odd://name", local("./odd://name")),
+        ] {
+            assert_eq!(ObjectStoreSpec::parse(spec).unwrap(), parsed, "{spec}");
+        }
+        for (spec, reason) in [
+            ("", "empty"),
+            ("gs://bucket/prefix", "unknown scheme \"gs\""),
+            ("http://localhost:9000/bucket", "unknown scheme \"http\""),
+            ("s3://", "missing bucket name"),
+            ("s3:///prefix", "missing bucket name"),
+            ("s3://bucket?x=1/prefix", "bucket name holds only"),
+            ("s3://bucket/a//b", "bad prefix"),
+            ("s3://bucket/a/../b", "bad prefix"),
+            ("file://relative/path", "absolute path"),
+        ] {
+            let err = ObjectStoreSpec::parse(spec).unwrap_err();
+            assert!(
+                matches!(err, RemoteStorageError::BadSpec { .. })
+                    && err.to_string().contains(reason),
+                "{spec}: {err}"
+            );
+            assert!(RemoteStorage::from_spec(spec).is_err(), "{spec}");
+        }
+        // Opening an S3 store makes no request: a spec is enough, whatever the environment.
+        assert!(RemoteStorage::from_spec("s3://bucket/prefix").is_ok());
+        let root = temp_dir("spec");
+        let remote = RemoteStorage::from_spec(&format!("file://{}", root.display())).unwrap();
+        assert!(remote.local_root.is_some() && root.is_dir());
+        std::fs::remove_dir_all(&root).unwrap();
     }
 
     #[tokio::test]
