@@ -15,6 +15,7 @@
 //! and stopped in one place, [`run`].
 
 pub mod error;
+pub mod image_layer;
 pub mod layer;
 pub mod layer_map;
 pub mod limits;
