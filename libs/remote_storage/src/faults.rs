@@ -217,3 +217,69 @@ impl ObjectStore for FaultyStore {
             .await
     }
 }
+
+/// The create-only scenario the fault tests run over any store: `n_objects` create-only puts,
+/// then a second create-only put of other bytes onto each, then, with the faults healed,
+/// checks that every put reported as done stored our bytes, that no object was replaced,
+/// and that each key reached the inner store at most once. Faults must have happened.
+#[cfg(test)]
+pub(crate) async fn check_create_only_puts(
+    faulty: &FaultyStore,
+    remote: &crate::RemoteStorage,
+    n_objects: u32,
+    seed: u64,
+) {
+    use crate::PutMode;
+    let content = |i: u32, version: u32| Bytes::from(format!("object {i} version {version}"));
+    let mut created = Vec::new();
+    for i in 0..n_objects {
+        let key = format!("k/{i}");
+        created.push(
+            remote
+                .put(&key, content(i, 1), PutMode::CreateNew)
+                .await
+                .is_ok(),
+        );
+    }
+    for i in 0..n_objects {
+        let key = format!("k/{i}");
+        let again = remote.put(&key, content(i, 2), PutMode::CreateNew).await;
+        if created[i as usize] {
+            assert!(again.is_err(), "seed {seed}: k/{i} was replaced");
+        }
+    }
+    faulty.set_rates(FaultRates::default());
+    for (i, ok) in created.iter().enumerate() {
+        let stored = remote.get(&format!("k/{i}"), 1 << 10).await;
+        if *ok {
+            assert!(
+                stored.is_ok(),
+                "seed {seed}: k/{i} reported created, not there"
+            );
+        }
+        if let Ok(stored) = stored {
+            assert_eq!(
+                stored,
+                content(i as u32, 1),
+                "seed {seed}: k/{i} overwritten"
+            );
+        }
+    }
+    let mut written = std::collections::HashSet::new();
+    for (key, _) in faulty.recorded_puts() {
+        assert!(
+            written.insert(key.clone()),
+            "seed {seed}: {key} written twice"
+        );
+    }
+    assert!(
+        created.iter().filter(|ok| **ok).count() as u32 > n_objects / 2,
+        "seed {seed}: too few puts succeeded: {created:?}"
+    );
+    assert!(
+        faulty.counts.failed.load(Ordering::Relaxed) > 0
+            && faulty.counts.lost_responses.load(Ordering::Relaxed) > 0,
+        "seed {seed}: the faults were not exercised: {:?}",
+        faulty.counts
+    );
+}

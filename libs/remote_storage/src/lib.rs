@@ -642,56 +642,10 @@ mod tests {
             ));
             let remote = RemoteStorage::from_object_store(faulty.clone())
                 .with_request_timeout(Duration::from_millis(50));
-            let content =
-                |i: u32, version: u32| Bytes::from(format!("object {i} version {version}"));
-            let mut created = Vec::new();
-            for i in 0..40 {
-                let ok = remote
-                    .put(&format!("k/{i}"), content(i, 1), PutMode::CreateNew)
-                    .await
-                    .is_ok();
-                created.push(ok);
-            }
-            for i in 0..40 {
-                let again = remote
-                    .put(&format!("k/{i}"), content(i, 2), PutMode::CreateNew)
-                    .await;
-                if created[i as usize] {
-                    assert!(again.is_err(), "seed {seed}: k/{i} was replaced");
-                }
-            }
-            faulty.set_rates(FaultRates::default());
-            for (i, ok) in created.iter().enumerate() {
-                let stored = remote.get(&format!("k/{i}"), 1 << 10).await;
-                if *ok {
-                    assert!(
-                        stored.is_ok(),
-                        "seed {seed}: k/{i} reported created, not there"
-                    );
-                }
-                if let Ok(stored) = stored {
-                    assert_eq!(
-                        stored,
-                        content(i as u32, 1),
-                        "seed {seed}: k/{i} overwritten"
-                    );
-                }
-            }
-            let mut first_write: std::collections::HashMap<String, Bytes> = Default::default();
-            for (key, bytes) in faulty.recorded_puts() {
-                let first = first_write.entry(key.clone()).or_insert(bytes.clone());
-                assert_eq!(*first, bytes, "seed {seed}: {key} overwritten");
-            }
-            let counts = &faulty.counts;
+            crate::faults::check_create_only_puts(&faulty, &remote, 40, seed).await;
             assert!(
-                counts.failed.load(Ordering::Relaxed) > 0
-                    && counts.lost_responses.load(Ordering::Relaxed) > 0
-                    && counts.slowed.load(Ordering::Relaxed) > 0,
-                "seed {seed}: the faults were not exercised: {counts:?}"
-            );
-            assert!(
-                created.iter().filter(|ok| **ok).count() > 20,
-                "seed {seed}: too few puts succeeded"
+                faulty.counts.slowed.load(Ordering::Relaxed) > 0,
+                "seed {seed}: no request was slowed"
             );
         }
     }

@@ -338,52 +338,7 @@ async fn create_only_puts_over_s3_through_faults_never_overwrite() {
         // Longer than a request to moto takes on a loaded machine, shorter than a slow fault.
         let remote = RemoteStorage::from_object_store(faulty.clone())
             .with_request_timeout(Duration::from_millis(1_000));
-        let content = |i: u32, version: u32| Bytes::from(format!("object {i} version {version}"));
-        let mut created = Vec::new();
-        for i in 0..N_OBJECTS {
-            let ok = remote
-                .put(&format!("k/{i}"), content(i, 1), PutMode::CreateNew)
-                .await
-                .is_ok();
-            created.push(ok);
-        }
-        for i in 0..N_OBJECTS {
-            let again = remote
-                .put(&format!("k/{i}"), content(i, 2), PutMode::CreateNew)
-                .await;
-            if created[i as usize] {
-                assert!(again.is_err(), "seed {seed}: k/{i} was replaced");
-            }
-        }
-        faulty.set_rates(FaultRates::default());
-        for (i, ok) in created.iter().enumerate() {
-            let stored = remote.get(&format!("k/{i}"), 1 << 10).await;
-            if *ok {
-                assert!(
-                    stored.is_ok(),
-                    "seed {seed}: k/{i} reported created, not there"
-                );
-            }
-            if let Ok(stored) = stored {
-                assert_eq!(
-                    stored,
-                    content(i as u32, 1),
-                    "seed {seed}: k/{i} overwritten"
-                );
-            }
-        }
-        // Every put that reached the server with success wrote version 1 exactly once.
-        let mut first_write: std::collections::HashMap<String, Bytes> = Default::default();
-        for (key, bytes) in faulty.recorded_puts() {
-            assert!(
-                first_write.insert(key.clone(), bytes).is_none(),
-                "seed {seed}: {key} written twice"
-            );
-        }
-        assert!(
-            created.iter().filter(|ok| **ok).count() as u32 > N_OBJECTS / 2,
-            "seed {seed}: too few puts succeeded: {created:?}"
-        );
+        crate::faults::check_create_only_puts(&faulty, &remote, N_OBJECTS, seed).await;
         n_failed += faulty.counts.failed.load(Ordering::Relaxed);
         n_lost += faulty.counts.lost_responses.load(Ordering::Relaxed);
     }
