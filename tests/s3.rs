@@ -8,8 +8,8 @@ mod support;
 
 use std::time::{Duration, Instant};
 
+use remote_storage::moto::MotoServer;
 use support::cluster::{Cluster, Options, SAFEKEEPERS};
-use support::moto::MotoServer;
 use support::pg::{connect, runtime};
 
 const BUCKET: &str = "omendb-e2e";

@@ -1,10 +1,9 @@
 //! Helpers shared by the integration tests: a real OmenDB cluster of separate processes on
-//! loopback, an S3-compatible server (moto), a fault-injecting TCP relay, tokio-postgres
+//! loopback, a fault-injecting TCP relay, tokio-postgres
 //! client helpers, and a throwaway PostgreSQL 15 to compare answers with.
 #![allow(dead_code)]
 
 pub mod cluster;
-pub mod moto;
 pub mod pageserver;
 pub mod pg;
 pub mod postgres;

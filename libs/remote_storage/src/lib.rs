@@ -38,6 +38,8 @@ use object_store::prefix::PrefixStore;
 use object_store::{ObjectStore, ObjectStoreExt, PutOptions, PutPayload, RetryConfig};
 
 pub mod faults;
+#[cfg(any(test, feature = "test-support"))]
+pub mod moto;
 #[cfg(test)]
 mod s3_tests;
 pub mod wal_objects;

@@ -6,148 +6,39 @@
 //! The stores are opened with the same code as [`RemoteStorage::from_spec`], with the
 //! endpoint and credentials given to the builder instead of read from the environment.
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use ids::{Lsn, TimelineId};
-use object_store::aws::AmazonS3Builder;
 
 use crate::faults::{FaultRates, FaultyStore};
+use crate::moto::MotoServer;
 use crate::wal_objects::{chunk_key, lease_key, list_chunks, read_from, Chunk};
 use crate::{s3_object_store, PutMode, RemoteStorage, RemoteStorageError};
 
 /// How long `moto_server` may take to accept connections (it imports a lot of Python).
-const MOTO_START_TIMEOUT: Duration = Duration::from_secs(60);
 const BUCKET: &str = "omendb-test";
 const PREFIX: &str = "some/prefix";
 
-/// A running `moto_server`, killed when dropped.
-struct MotoServer {
-    child: Child,
-    port: u16,
-    log: std::path::PathBuf,
+/// A moto server with [`BUCKET`] created.
+fn moto(name: &str) -> MotoServer {
+    let moto = MotoServer::start(name);
+    moto.create_bucket(BUCKET);
+    moto
 }
 
-impl MotoServer {
-    /// Starts `moto_server` on a free port with `bucket` created, or panics saying why.
-    fn start(name: &str) -> MotoServer {
-        let log =
-            std::env::temp_dir().join(format!("omendb-moto-{name}-{}.log", std::process::id()));
-        // The port is free when probed; another process may take it before moto binds it,
-        // so a server that exits while starting is tried again on another port.
-        let mut last_log = String::new();
-        for _ in 0..3 {
-            let port = TcpListener::bind("127.0.0.1:0")
-                .and_then(|listener| listener.local_addr())
-                .expect("probing for a free port")
-                .port();
-            let log_file = std::fs::File::create(&log).expect("creating the moto log");
-            let child = Command::new("moto_server")
-                .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-                .stdin(Stdio::null())
-                .stdout(log_file.try_clone().expect("cloning the moto log"))
-                .stderr(log_file)
-                .spawn()
-                .unwrap_or_else(|e| {
-                    panic!(
-                        "cannot start moto_server ({e}); the S3 tests need it: install it with \
-                         `python3 -m pip install 'moto[server]'` (scripts/test.sh does)"
-                    )
-                });
-            let mut server = MotoServer {
-                child,
-                port,
-                log: log.clone(),
-            };
-            if server.wait_ready() {
-                server.create_bucket(BUCKET);
-                return server;
-            }
-            last_log = server.log_text();
-        }
-        panic!("moto_server exited while starting, three times; its last log:\n{last_log}");
-    }
-
-    /// Waits until the server accepts connections; false if it exited first.
-    fn wait_ready(&mut self) -> bool {
-        let deadline = Instant::now() + MOTO_START_TIMEOUT;
-        let addr = ([127, 0, 0, 1], self.port).into();
-        while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return false;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "moto_server did not accept connections within {MOTO_START_TIMEOUT:?}; its log:\n{}",
-                self.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        true
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// `PUT /<bucket>`: moto checks no signatures, so a bare request is enough.
-    fn create_bucket(&self, bucket: &str) {
-        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).expect("connecting to moto");
-        stream
-            .set_read_timeout(Some(Duration::from_secs(30)))
-            .expect("setting a read timeout");
-        write!(
-            stream,
-            "PUT /{bucket} HTTP/1.0\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-            self.port
-        )
-        .expect("sending CreateBucket");
-        let mut response = String::new();
-        stream
-            .read_to_string(&mut response)
-            .expect("reading the CreateBucket response");
-        assert!(
-            response.starts_with("HTTP/1.1 200") || response.starts_with("HTTP/1.0 200"),
-            "creating bucket {bucket} failed: {response}"
-        );
-    }
-
-    /// S3 connection settings for this server (what `AWS_*` variables give `from_spec`).
-    fn builder(&self) -> AmazonS3Builder {
-        AmazonS3Builder::new()
-            .with_endpoint(format!("http://127.0.0.1:{}", self.port))
-            .with_allow_http(true)
-            .with_region("us-east-1")
-            .with_access_key_id("testing")
-            .with_secret_access_key("testing")
-    }
-
-    /// `s3://<bucket>/<prefix>` on this server.
-    fn storage(&self, prefix: &str) -> RemoteStorage {
-        RemoteStorage::from_spec_with(&format!("s3://{BUCKET}/{prefix}"), self.builder())
-            .expect("opening the S3 store")
-    }
-}
-
-impl Drop for MotoServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if !std::thread::panicking() {
-            let _ = std::fs::remove_file(&self.log);
-        }
-    }
+/// `s3://<BUCKET>/<prefix>` on `moto`.
+fn storage(moto: &MotoServer, prefix: &str) -> RemoteStorage {
+    RemoteStorage::from_spec_with(&format!("s3://{BUCKET}/{prefix}"), moto.builder())
+        .expect("opening the S3 store")
 }
 
 #[tokio::test]
 async fn put_get_list_delete_under_a_prefix() {
-    let moto = MotoServer::start("basic");
-    let remote = moto.storage(PREFIX);
+    let moto = moto("basic");
+    let remote = storage(&moto, PREFIX);
     remote
         .put("a/b/one", Bytes::from_static(b"12345"), PutMode::Overwrite)
         .await
@@ -184,7 +75,7 @@ async fn put_get_list_delete_under_a_prefix() {
     assert!(remote.list("nothing/here").await.unwrap().is_empty());
 
     // The keys live under the prefix in the bucket; a store with another prefix sees none.
-    let whole_bucket = moto.storage("");
+    let whole_bucket = storage(&moto, "");
     let mut raw: Vec<String> = whole_bucket
         .list("")
         .await
@@ -194,7 +85,7 @@ async fn put_get_list_delete_under_a_prefix() {
         .collect();
     raw.sort();
     assert_eq!(raw, vec!["some/prefix/a/b/one", "some/prefix/a/two"]);
-    assert!(moto.storage("other").list("a").await.unwrap().is_empty());
+    assert!(storage(&moto, "other").list("a").await.unwrap().is_empty());
 
     remote.delete("a/two").await.unwrap();
     remote.delete("a/two").await.unwrap();
@@ -207,8 +98,8 @@ async fn put_get_list_delete_under_a_prefix() {
 
 #[tokio::test]
 async fn create_only_put_onto_an_existing_object_fails_and_leaves_it() {
-    let moto = MotoServer::start("create-new");
-    let remote = moto.storage(PREFIX);
+    let moto = moto("create-new");
+    let remote = storage(&moto, PREFIX);
     remote
         .put("k", Bytes::from_static(b"first"), PutMode::CreateNew)
         .await
@@ -220,7 +111,7 @@ async fn create_only_put_onto_an_existing_object_fails_and_leaves_it() {
     assert!(err.is_already_exists(), "{err}");
     assert_eq!(remote.get("k", 100).await.unwrap(), "first");
     // Also when the object was written by an overwrite, and through another store object.
-    moto.storage(PREFIX)
+    storage(&moto, PREFIX)
         .put("k2", Bytes::from_static(b"plain"), PutMode::Overwrite)
         .await
         .unwrap();
@@ -235,8 +126,8 @@ async fn create_only_put_onto_an_existing_object_fails_and_leaves_it() {
 
 #[tokio::test]
 async fn wal_chunks_list_and_read_back_over_s3() {
-    let moto = MotoServer::start("wal");
-    let remote = moto.storage(PREFIX);
+    let moto = moto("wal");
+    let remote = storage(&moto, PREFIX);
     let timeline = TimelineId::from_u128(0x0e0d);
     let bytes =
         |start: u64, end: u64| Bytes::from((start..end).map(|i| i as u8).collect::<Vec<u8>>());
@@ -320,7 +211,7 @@ async fn wal_chunks_list_and_read_back_over_s3() {
 #[tokio::test]
 async fn create_only_puts_over_s3_through_faults_never_overwrite() {
     const N_OBJECTS: u32 = 15;
-    let moto = MotoServer::start("faults");
+    let moto = moto("faults");
     let (mut n_failed, mut n_lost) = (0, 0);
     for seed in 1..=2u64 {
         let prefix = format!("{PREFIX}/seed-{seed}");

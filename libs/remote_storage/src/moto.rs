@@ -1,8 +1,8 @@
 //! A real S3-compatible server for tests: moto's `moto_server` as a child process on a free
 //! loopback port, killed when dropped. Install it with `python3 -m pip install
 //! 'moto[server]'` (`scripts/test.sh` does); a test whose server does not start fails.
-//! (`libs/remote_storage`'s S3 unit tests have their own copy: test code is not shared
-//! between a library's unit tests and these integration tests.)
+//! Used by this crate's S3 tests and, through the `test-support` feature, by the
+//! workspace's integration tests.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -126,6 +126,16 @@ impl MotoServer {
     pub fn create_bucket(&self, bucket: &str) {
         let (status, body) = self.request("PUT", &format!("/{bucket}"));
         assert_eq!(status, 200, "creating bucket {bucket}: {body}");
+    }
+
+    /// An S3 client builder pointed at this server (credentials moto accepts).
+    pub fn builder(&self) -> object_store::aws::AmazonS3Builder {
+        object_store::aws::AmazonS3Builder::new()
+            .with_endpoint(self.endpoint())
+            .with_allow_http(true)
+            .with_region("us-east-1")
+            .with_access_key_id("testing")
+            .with_secret_access_key("testing")
     }
 
     /// The keys in `bucket` under `prefix` (the first 1000: one ListObjectsV2 page).
