@@ -109,6 +109,19 @@ async fn settle(url: &str, sql: &str) -> Client {
     }
 }
 
+/// The open connection in `slot`; when there is none (or it closed), one connection attempt
+/// (with a short pause if it fails) and `None`, so the caller checks whether to stop first.
+async fn open_connection<'a>(slot: &'a mut Option<Client>, url: &str) -> Option<&'a Client> {
+    if slot.as_ref().is_some_and(|c| !c.is_closed()) {
+        return slot.as_ref();
+    }
+    *slot = try_connect(url).await.ok();
+    if slot.is_none() {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    None
+}
+
 /// What the client learned about one transaction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Outcome {
@@ -236,11 +249,7 @@ async fn bank_client(
     let mut client: Option<Client> = None;
     let mut sequence = 0i64;
     while !stop.load(Ordering::Relaxed) {
-        let Some(current) = client.as_ref().filter(|c| !c.is_closed()) else {
-            client = try_connect(&url).await.ok();
-            if client.is_none() {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+        let Some(current) = open_connection(&mut client, &url).await else {
             continue;
         };
         sequence += 1;
@@ -580,11 +589,7 @@ async fn insert_writer(
     let mut client: Option<Client> = None;
     let mut sequence = 0i64;
     while !stop.load(Ordering::Relaxed) {
-        let Some(current) = client.as_ref().filter(|c| !c.is_closed()) else {
-            client = try_connect(&url).await.ok();
-            if client.is_none() {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+        let Some(current) = open_connection(&mut client, &url).await else {
             continue;
         };
         sequence += 1;
