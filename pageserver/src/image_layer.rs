@@ -24,6 +24,7 @@ use ids::Lsn;
 use learned_index::{LearnedIndex, PageId};
 
 use crate::error::{PageserverError, Result};
+use crate::page_source::PageSource;
 
 pub const IMAGE_MAGIC: [u8; 8] = *b"OMENIMG1";
 /// Rows per page: 256 keeps the learned index near 0.04 bytes per row.
@@ -34,41 +35,6 @@ pub const PAGE_BYTES_MAX: u64 = 256 << 20;
 /// The largest index plus offset table accepted on open.
 pub const METADATA_BYTES_MAX: u64 = 256 << 20;
 const FOOTER_BYTES: u64 = 8 + 8 + 4 + 8 + 8 + 8 + 4 + 8;
-
-/// Where an image layer's bytes come from: a whole-file read is never needed, only ranges.
-pub trait PageSource {
-    fn len(&self) -> u64;
-    /// The bytes `[offset, offset + n_bytes)`.
-    fn read(&mut self, offset: u64, n_bytes: u64) -> Result<Bytes>;
-}
-
-/// An image layer in memory, counting its reads (for tests and benchmarks).
-pub struct MemorySource {
-    pub bytes: Bytes,
-    pub n_reads: u64,
-}
-
-impl PageSource for MemorySource {
-    fn len(&self) -> u64 {
-        self.bytes.len() as u64
-    }
-    fn read(&mut self, offset: u64, n_bytes: u64) -> Result<Bytes> {
-        let end = offset
-            .checked_add(n_bytes)
-            .filter(|end| *end <= self.bytes.len() as u64)
-            .ok_or_else(|| {
-                PageserverError::corrupt(
-                    "image layer",
-                    format!(
-                        "read {offset}+{n_bytes} past the end ({})",
-                        self.bytes.len()
-                    ),
-                )
-            })?;
-        self.n_reads += 1;
-        Ok(self.bytes.slice(offset as usize..end as usize))
-    }
-}
 
 fn corrupt(reason: impl Into<String>) -> PageserverError {
     PageserverError::corrupt("image layer", reason)
@@ -135,12 +101,12 @@ pub struct ImageLayer<S: PageSource> {
 
 impl<S: PageSource> ImageLayer<S> {
     /// Reads and checks the footer, the learned index and the page offsets (two reads).
-    pub fn open(mut source: S) -> Result<ImageLayer<S>> {
+    pub async fn open(source: S) -> Result<ImageLayer<S>> {
         let len = source.len();
         if len < FOOTER_BYTES {
             return Err(corrupt(format!("{len} bytes is shorter than a footer")));
         }
-        let footer = source.read(len - FOOTER_BYTES, FOOTER_BYTES)?;
+        let footer = source.read(len - FOOTER_BYTES, FOOTER_BYTES).await?;
         let be64 = |at: usize| u64::from_be_bytes(footer[at..at + 8].try_into().expect("8 bytes"));
         if footer[FOOTER_BYTES as usize - 8..] != IMAGE_MAGIC {
             return Err(corrupt("bad magic (not an image layer)"));
@@ -158,7 +124,7 @@ impl<S: PageSource> ImageLayer<S> {
         {
             return Err(corrupt("footer offsets do not fit the file"));
         }
-        let metadata = source.read(index_offset, metadata_end - index_offset)?;
+        let metadata = source.read(index_offset, metadata_end - index_offset).await?;
         let mut crc_input = metadata.to_vec();
         crc_input.extend_from_slice(&footer[..44]);
         if crc32c::crc32c(&crc_input) != stored_crc {
@@ -206,9 +172,9 @@ impl<S: PageSource> ImageLayer<S> {
     }
 
     /// The rows of page `page`, checked against its CRC32C (one read).
-    pub fn read_page(&mut self, page: usize) -> Result<Vec<(Bytes, Bytes)>> {
+    pub async fn read_page(&self, page: usize) -> Result<Vec<(Bytes, Bytes)>> {
         let (start, end) = (self.offsets[page], self.offsets[page + 1]);
-        let bytes = self.source.read(start, end - start)?;
+        let bytes = self.source.read(start, end - start).await?;
         let (body, crc) = bytes.split_at(bytes.len().saturating_sub(4));
         if crc.len() != 4 || crc32c::crc32c(body) != u32::from_be_bytes(crc.try_into().expect("4"))
         {
@@ -235,11 +201,11 @@ impl<S: PageSource> ImageLayer<S> {
 
     /// The value of `key` as of the layer's LSN, or `None` if the layer has no such row.
     /// Reads exactly one page (none if the layer is empty).
-    pub fn get(&mut self, key: &[u8]) -> Result<Option<Bytes>> {
+    pub async fn get(&self, key: &[u8]) -> Result<Option<Bytes>> {
         let Some(page) = self.index.page_for(key) else {
             return Ok(None);
         };
-        let rows = self.read_page(page.index())?;
+        let rows = self.read_page(page.index()).await?;
         Ok(rows
             .binary_search_by(|(k, _)| k[..].cmp(key))
             .ok()
@@ -250,7 +216,8 @@ impl<S: PageSource> ImageLayer<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_util::Rng;
+    use crate::page_source::MemorySource;
+    use crate::test_util::{block_on, Rng};
 
     fn random_rows(rng: &mut Rng, n: usize) -> Vec<(Bytes, Bytes)> {
         let mut keys: Vec<Vec<u8>> = (0..n)
@@ -282,23 +249,19 @@ mod tests {
             let n = [0, 1, 2, 255, 256, 257, 3000][seed as usize % 7];
             let rows = random_rows(&mut rng, n);
             let bytes = encode(Lsn(77), &rows).unwrap();
-            let mut layer = ImageLayer::open(MemorySource {
-                bytes: bytes.clone(),
-                n_reads: 0,
-            })
-            .unwrap();
+            let layer = block_on(ImageLayer::open(MemorySource::new(bytes.clone()))).unwrap();
             assert_eq!((layer.lsn(), layer.n_rows()), (Lsn(77), rows.len() as u64));
-            let after_open = layer.source().n_reads;
+            let after_open = layer.source().n_reads();
             assert_eq!(after_open, 2, "footer, then index and offsets");
             for (i, (key, value)) in rows.iter().enumerate() {
-                let reads = layer.source().n_reads;
+                let reads = layer.source().n_reads();
                 assert_eq!(
-                    layer.get(key).unwrap().as_ref(),
+                    block_on(layer.get(key)).unwrap().as_ref(),
                     Some(value),
                     "seed {seed} row {i}"
                 );
                 assert_eq!(
-                    layer.source().n_reads,
+                    layer.source().n_reads(),
                     reads + 1,
                     "one page read per lookup"
                 );
@@ -312,9 +275,9 @@ mod tests {
                 if rows.iter().any(|(k, _)| k[..] == absent[..]) {
                     continue;
                 }
-                let reads = layer.source().n_reads;
-                assert_eq!(layer.get(&absent).unwrap(), None, "seed {seed}: {absent:?}");
-                assert!(layer.source().n_reads <= reads + 1);
+                let reads = layer.source().n_reads();
+                assert_eq!(block_on(layer.get(&absent)).unwrap(), None, "seed {seed}: {absent:?}");
+                assert!(layer.source().n_reads() <= reads + 1);
             }
             // Damage: any flipped byte or cut gives an error or the right rows.
             for _ in 0..40 {
@@ -328,14 +291,11 @@ mod tests {
                     let at = rng.below(damaged.len() as u64) as usize;
                     damaged[at] ^= 1 << rng.below(8);
                 }
-                let Ok(mut layer) = ImageLayer::open(MemorySource {
-                    bytes: Bytes::from(damaged),
-                    n_reads: 0,
-                }) else {
+                let Ok(layer) = block_on(ImageLayer::open(MemorySource::new(Bytes::from(damaged)))) else {
                     continue;
                 };
                 for (key, value) in rows.iter().step_by(7) {
-                    if let Ok(found) = layer.get(key) {
+                    if let Ok(found) = block_on(layer.get(key)) {
                         assert_eq!(found.as_ref(), Some(value), "seed {seed}: a wrong row");
                     }
                 }

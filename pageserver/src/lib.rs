@@ -14,11 +14,15 @@
 //! object store holds. Background work (WAL receiver, checkpointer, read server) is started
 //! and stopped in one place, [`run`].
 
+pub mod block_cache;
+pub mod column_pages;
+pub mod delta_layer;
 pub mod error;
 pub mod image_layer;
 pub mod layer;
 pub mod layer_map;
 pub mod limits;
+pub mod page_source;
 pub mod manifest;
 pub mod remote_layout;
 pub mod server;

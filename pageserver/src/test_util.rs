@@ -75,3 +75,13 @@ pub fn random_history(rng: &mut Rng, n: usize) -> Vec<(Lsn, Transaction)> {
     }
     history
 }
+
+/// Runs a future to completion on a fresh current-thread runtime (for tests of async code
+/// that does no I/O of its own).
+pub fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("building a test runtime")
+        .block_on(future)
+}
