@@ -12,6 +12,11 @@
 //!                    test can count overwrites
 //! ```
 //!
+//! Every put goes through `put_opts`, whatever its mode: plain, create-only
+//! (`PutMode::Create`) and conditional (`PutMode::Update`, [`crate::RemoteStorage::put_if`])
+//! puts get the same faults, and the record holds every one the inner store accepted (a
+//! refused conditional put is not recorded; one whose response is lost is).
+//!
 //! Every injected error is `object_store::Error::Generic`, which callers treat as transient.
 //! Same seed, same sequence of dice (the interleaving of concurrent requests may still vary).
 
@@ -91,7 +96,7 @@ impl FaultyStore {
         *self.rates.lock().expect("rates lock") = rates;
     }
 
-    /// Every put that reached the inner store, in order.
+    /// Every put the inner store accepted (conditional ones included), in order.
     pub fn recorded_puts(&self) -> Vec<RecordedPut> {
         self.puts.lock().expect("puts lock").clone()
     }
@@ -282,4 +287,154 @@ pub(crate) async fn check_create_only_puts(
         "seed {seed}: the faults were not exercised: {:?}",
         faulty.counts
     );
+}
+
+/// The counter object of [`check_conditional_increments`]: the total, and how many increments
+/// each task has applied. A task whose put failed in a way that leaves its effect unknown
+/// tells by its own count whether the put landed, as a writer of an index would by a
+/// generation number.
+#[cfg(test)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Counter {
+    pub total: u32,
+    pub done: Vec<u32>,
+}
+
+#[cfg(test)]
+impl Counter {
+    pub fn encode(&self) -> Bytes {
+        let done: Vec<String> = self.done.iter().map(u32::to_string).collect();
+        Bytes::from(format!("total {} done {}", self.total, done.join(",")))
+    }
+
+    pub fn decode(bytes: &[u8]) -> Counter {
+        let text = std::str::from_utf8(bytes).expect("a counter is text");
+        let rest = text.strip_prefix("total ").expect("a counter");
+        let (total, done) = rest.split_once(" done ").expect("a counter");
+        Counter {
+            total: total.parse().expect("a counter's total"),
+            done: done
+                .split(',')
+                .map(|n| n.parse().expect("a task's count"))
+                .collect(),
+        }
+    }
+}
+
+/// What [`check_conditional_increments`] saw.
+#[cfg(test)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct IncrementsOutcome {
+    /// The counter once every task is done.
+    pub last: Counter,
+    /// Conditional puts refused (stale versions).
+    pub refused: u64,
+    /// Conditional puts that reported success.
+    pub acknowledged: u64,
+    /// Increments that landed although their put reported a failure (retries spent).
+    pub landed_unacknowledged: u64,
+}
+
+/// `n_tasks` concurrent tasks each add `n_each` increments to the counter object `key`, all
+/// through conditional puts: read it with its version, put the next state if it is still at
+/// that version, and on a refusal (or a failure) read again. After every read, checks that
+/// the total is the sum of the tasks' counts and that no task's count went back (a lost
+/// update); at the end, that every increment is there exactly once and was either
+/// acknowledged or found landed.
+#[cfg(test)]
+pub(crate) async fn check_conditional_increments(
+    remote: &crate::RemoteStorage,
+    key: &str,
+    n_tasks: usize,
+    n_each: u32,
+) -> IncrementsOutcome {
+    use crate::Expected;
+    /// Reads and puts per increment before the test gives up (faults make some fail).
+    const TRIES_MAX: u32 = 1_000;
+    let mut tasks = Vec::new();
+    for task in 0..n_tasks {
+        let (remote, key) = (remote.clone(), key.to_string());
+        tasks.push(tokio::spawn(async move {
+            let (mut refused, mut acknowledged, mut landed_unacknowledged) = (0, 0, 0);
+            for i in 0..n_each {
+                let mut tries = 0;
+                loop {
+                    tries += 1;
+                    assert!(
+                        tries <= TRIES_MAX,
+                        "task {task}: increment {i} never landed"
+                    );
+                    let (state, expected) = match remote.get_with_version(&key, 1 << 16).await {
+                        Ok((bytes, version)) => {
+                            (Counter::decode(&bytes), Expected::Version(version))
+                        }
+                        Err(e) if e.is_not_found() => (
+                            Counter {
+                                total: 0,
+                                done: vec![0; n_tasks],
+                            },
+                            Expected::Absent,
+                        ),
+                        Err(_) => continue,
+                    };
+                    assert_eq!(state.total, state.done.iter().sum::<u32>(), "{state:?}");
+                    assert!(
+                        state.done[task] >= i,
+                        "task {task} made {i} increments, the counter holds {}: {state:?}",
+                        state.done[task]
+                    );
+                    if state.done[task] > i {
+                        assert_eq!(state.done[task], i + 1, "{state:?}");
+                        landed_unacknowledged += 1;
+                        break;
+                    }
+                    let mut next = state.clone();
+                    next.done[task] += 1;
+                    next.total += 1;
+                    match remote.put_if(&key, next.encode(), expected).await {
+                        Ok(_) => {
+                            acknowledged += 1;
+                            break;
+                        }
+                        Err(e) if e.is_precondition_failed() => {
+                            assert!(e.to_string().contains(&key), "{e}");
+                            refused += 1;
+                        }
+                        Err(_) => {}
+                    }
+                }
+            }
+            (refused, acknowledged, landed_unacknowledged)
+        }));
+    }
+    let (mut refused, mut acknowledged, mut landed_unacknowledged) = (0, 0, 0);
+    for task in tasks {
+        let (r, a, l) = task.await.expect("an increment task panicked");
+        refused += r;
+        acknowledged += a;
+        landed_unacknowledged += l;
+    }
+    let last = loop {
+        if let Ok(bytes) = remote.get(key, 1 << 16).await {
+            break Counter::decode(&bytes);
+        }
+    };
+    assert_eq!(
+        last,
+        Counter {
+            total: n_tasks as u32 * n_each,
+            done: vec![n_each; n_tasks],
+        }
+    );
+    assert_eq!(
+        acknowledged + landed_unacknowledged,
+        u64::from(last.total),
+        "an increment acknowledged twice, or never"
+    );
+    IncrementsOutcome {
+        last,
+        refused,
+        acknowledged,
+        landed_unacknowledged,
+    }
 }

@@ -16,7 +16,7 @@ use ids::{Lsn, TimelineId};
 use crate::faults::{FaultRates, FaultyStore};
 use crate::moto::MotoServer;
 use crate::wal_objects::{chunk_key, lease_key, list_chunks, read_from, Chunk};
-use crate::{s3_object_store, PutMode, RemoteStorage, RemoteStorageError};
+use crate::{s3_object_store, Expected, PutMode, RemoteStorage, RemoteStorageError};
 
 /// How long `moto_server` may take to accept connections (it imports a lot of Python).
 const BUCKET: &str = "omendb-test";
@@ -94,6 +94,31 @@ async fn put_get_list_delete_under_a_prefix() {
     assert_eq!(stats.bytes_uploaded, 12);
     assert_eq!(stats.bytes_downloaded, 7);
     assert_eq!(stats.retries, 0, "{stats:?}");
+}
+
+#[tokio::test]
+async fn ranged_gets_over_s3_return_exactly_the_range() {
+    let moto = moto("ranged");
+    let remote = storage(&moto, PREFIX);
+    let content = Bytes::from((0..100u8).collect::<Vec<u8>>());
+    remote
+        .put("r/obj", content.clone(), PutMode::Overwrite)
+        .await
+        .unwrap();
+    for range in [10..20, 0..100, 99..100] {
+        let got = remote.get_range("r/obj", range.clone()).await.unwrap();
+        assert_eq!(got, content.slice(range.start as usize..range.end as usize));
+    }
+    assert_eq!(remote.stats().bytes_downloaded, 10 + 100 + 1);
+    let short = remote.get_range("r/obj", 90..110).await.unwrap_err();
+    assert!(
+        matches!(&short, RemoteStorageError::Corrupt { key, .. } if key == "r/obj"),
+        "{short}"
+    );
+    let missing = remote.get_range("r/missing", 0..10).await.unwrap_err();
+    assert!(missing.is_not_found(), "{missing}");
+    assert_eq!(remote.stats().retries, 0, "{:?}", remote.stats());
+    assert_eq!(remote.stats().bytes_downloaded, 111);
 }
 
 #[tokio::test]
@@ -236,5 +261,126 @@ async fn create_only_puts_over_s3_through_faults_never_overwrite() {
     assert!(
         n_failed > 0 && n_lost > 0,
         "faults not exercised: {n_failed} failed, {n_lost} lost"
+    );
+}
+
+/// Conditional puts over S3 (`If-None-Match: *`, `If-Match`): create, update, stale and
+/// "absent" refusals that leave the object as it was, versions that change with every write
+/// of other bytes and match what a read returns.
+#[tokio::test]
+async fn conditional_puts_over_s3() {
+    let moto = moto("conditional");
+    let remote = storage(&moto, PREFIX);
+    let key = "t/index";
+    let v1 = remote
+        .put_if(key, Bytes::from_static(b"one"), Expected::Absent)
+        .await
+        .unwrap();
+    let (bytes, read) = remote.get_with_version(key, 100).await.unwrap();
+    assert_eq!((bytes, &read), (Bytes::from_static(b"one"), &v1));
+    let v2 = remote
+        .put_if(
+            key,
+            Bytes::from_static(b"two"),
+            Expected::Version(v1.clone()),
+        )
+        .await
+        .unwrap();
+    assert_ne!(v1, v2);
+    assert_eq!(remote.get_with_version(key, 100).await.unwrap().1, v2);
+
+    let refused = |e: &RemoteStorageError| {
+        e.is_precondition_failed() && !e.is_already_exists() && e.to_string().contains(key)
+    };
+    let stale = remote
+        .put_if(
+            key,
+            Bytes::from_static(b"three"),
+            Expected::Version(v1.clone()),
+        )
+        .await
+        .unwrap_err();
+    assert!(refused(&stale), "{stale}");
+    let exists = remote
+        .put_if(key, Bytes::from_static(b"four"), Expected::Absent)
+        .await
+        .unwrap_err();
+    assert!(refused(&exists), "{exists}");
+    assert_eq!(remote.get(key, 100).await.unwrap(), "two");
+    let missing = remote
+        .put_if(
+            "t/missing",
+            Bytes::from_static(b"x"),
+            Expected::Version(v2.clone()),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        missing.is_precondition_failed() && missing.to_string().contains("t/missing"),
+        "{missing}"
+    );
+    assert!(remote
+        .get("t/missing", 100)
+        .await
+        .unwrap_err()
+        .is_not_found());
+
+    // Other bytes of the same size in quick succession: every version differs.
+    let mut versions = vec![v1, v2.clone()];
+    let mut last = v2;
+    for i in 0..10 {
+        last = remote
+            .put_if(
+                key,
+                Bytes::from(format!("{i:08}")),
+                Expected::Version(last.clone()),
+            )
+            .await
+            .unwrap();
+        versions.push(last.clone());
+    }
+    assert_eq!(remote.get_with_version(key, 100).await.unwrap().1, last);
+    let distinct: std::collections::HashSet<_> = versions.iter().collect();
+    assert_eq!(distinct.len(), versions.len(), "a version came back");
+
+    // A plain put through another store object: the old version is stale.
+    storage(&moto, PREFIX)
+        .put(key, Bytes::from_static(b"plain"), PutMode::Overwrite)
+        .await
+        .unwrap();
+    let after_plain = remote
+        .put_if(key, Bytes::from_static(b"late"), Expected::Version(last))
+        .await
+        .unwrap_err();
+    assert!(refused(&after_plain), "{after_plain}");
+    assert_eq!(remote.get(key, 100).await.unwrap(), "plain");
+    let stats = remote.stats();
+    assert_eq!(stats.conditional_puts, 2 + 3 + 10 + 1, "{stats:?}");
+    assert_eq!(stats.precondition_failures, 4, "{stats:?}");
+    assert_eq!(stats.retries, 0, "{stats:?}");
+}
+
+/// `tests::concurrent_conditional_increments_in_a_local_folder_lose_nothing` over S3,
+/// smaller: 4 tasks, 6 increments each, none lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_conditional_increments_over_s3_lose_nothing() {
+    let moto = moto("increments");
+    let remote = storage(&moto, PREFIX);
+    let outcome = crate::faults::check_conditional_increments(&remote, "t/counter", 4, 6).await;
+    assert_eq!(outcome.last.total, 24);
+    assert!(
+        outcome.refused > 0,
+        "the tasks never conflicted: {outcome:?}"
+    );
+    assert_eq!(
+        outcome.acknowledged + outcome.landed_unacknowledged,
+        24,
+        "{outcome:?}"
+    );
+    assert_eq!(
+        remote.stats().precondition_failures,
+        outcome.refused,
+        "{:?}",
+        remote.stats()
     );
 }
