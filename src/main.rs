@@ -84,6 +84,15 @@ enum Command {
         /// How long a read waits for the WAL it needs.
         #[arg(long, default_value_t = 10_000)]
         wait_lsn_timeout_ms: u64,
+        /// Memory for cached blocks of layer files, in bytes.
+        #[arg(long, default_value_t = pageserver::block_cache::BLOCK_CACHE_MEMORY_BYTES_DEFAULT)]
+        cache_memory_bytes: u64,
+        /// Local disk (under the data folder) for cached blocks of layer files, in bytes.
+        #[arg(long, default_value_t = pageserver::block_cache::BLOCK_CACHE_DISK_BYTES_DEFAULT)]
+        cache_disk_bytes: u64,
+        /// Serve Prometheus metrics at http://ADDR/metrics.
+        #[arg(long)]
+        metrics_listen: Option<SocketAddr>,
     },
     /// Run a compute node: become the primary for the timeline and serve PostgreSQL clients.
     Compute {
@@ -164,6 +173,9 @@ fn main() -> anyhow::Result<()> {
                 timeline,
                 checkpoint_interval_ms,
                 wait_lsn_timeout_ms,
+                cache_memory_bytes,
+                cache_disk_bytes,
+                metrics_listen,
             } => {
                 let config = pageserver::Config {
                     listen,
@@ -174,6 +186,9 @@ fn main() -> anyhow::Result<()> {
                     timeline,
                     checkpoint_interval: Duration::from_millis(checkpoint_interval_ms),
                     wait_lsn_timeout: Duration::from_millis(wait_lsn_timeout_ms),
+                    cache_memory_bytes,
+                    cache_disk_bytes,
+                    metrics_listen,
                 };
                 pageserver::run(config, shutdown).await
             }

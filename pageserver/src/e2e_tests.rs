@@ -265,7 +265,36 @@ fn config(object_store_dir: &std::path::Path, safekeepers: Vec<SocketAddr>) -> C
         timeline: TIMELINE,
         checkpoint_interval: Duration::from_millis(100),
         wait_lsn_timeout: Duration::from_secs(1),
+        cache_memory_bytes: 4 << 20,
+        cache_disk_bytes: crate::block_cache::BLOCK_CACHE_DISK_BYTES_MIN,
+        metrics_listen: None,
     }
+}
+
+/// A loopback address with a port that was free a moment ago.
+fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// One metric's value from `GET /metrics` at `addr`.
+async fn metric(addr: SocketAddr, name: &str) -> u64 {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    assert!(response.starts_with("HTTP/1.1 200 OK"), "{response}");
+    response
+        .lines()
+        .find_map(|line| line.strip_prefix(&format!("{name} ")))
+        .unwrap_or_else(|| panic!("no {name} in {response}"))
+        .parse()
+        .unwrap()
 }
 
 struct Client {
@@ -588,16 +617,46 @@ async fn serves_reads_at_lsns_over_tcp_and_restarts_from_the_object_store() {
     );
 
     // A new pageserver on an empty local disk serves the same reads from the object store,
-    // under a new generation, and follows the WAL from where the object store ends.
-    let pageserver = Pageserver::start(config(&object_store, vec![safekeeper.addr])).await;
+    // fetching layer blocks on demand, under a new generation, and follows the WAL from
+    // where the object store ends.
+    let metrics_addr = free_addr();
+    let pageserver = Pageserver::start(Config {
+        metrics_listen: Some(metrics_addr),
+        ..config(&object_store, vec![safekeeper.addr])
+    })
+    .await;
     let mut client = Client::connect(pageserver.addr).await;
     assert_eq!(client.status().await, (l4, l4));
+    let misses = "omendb_pageserver_block_cache_misses_total";
+    let memory_hits = "omendb_pageserver_block_cache_memory_hits_total";
+    assert_eq!(metric(metrics_addr, misses).await, 0, "nothing read yet");
     assert_eq!(client.value(1, "b", l1).await.as_deref(), Some("1"));
     assert_eq!(client.value(1, "b", l2).await.as_deref(), Some("2"));
     assert_eq!(
         client.value(2, "00000007", l2).await.as_deref(),
         Some("row 7")
     );
+    let misses_after_reads = metric(metrics_addr, misses).await;
+    assert!(misses_after_reads > 0, "blocks fetched on demand");
+    assert!(
+        metric(
+            metrics_addr,
+            "omendb_pageserver_block_cache_fetched_bytes_total"
+        )
+        .await
+            > 0
+    );
+    let hits_before = metric(metrics_addr, memory_hits).await;
+    assert_eq!(
+        client.value(2, "00000007", l2).await.as_deref(),
+        Some("row 7")
+    );
+    assert_eq!(
+        metric(metrics_addr, misses).await,
+        misses_after_reads,
+        "a repeat is cached"
+    );
+    assert!(metric(metrics_addr, memory_hits).await > hits_before);
     assert_eq!(client.scan(2, None, None, l2).await.0.len(), 20_000);
     assert_eq!(client.scan(2, None, None, l4).await.0.len(), 0);
     let l5 = wal.commit(vec![put(1, "e", b"2")]);

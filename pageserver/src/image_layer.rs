@@ -124,7 +124,9 @@ impl<S: PageSource> ImageLayer<S> {
         {
             return Err(corrupt("footer offsets do not fit the file"));
         }
-        let metadata = source.read(index_offset, metadata_end - index_offset).await?;
+        let metadata = source
+            .read(index_offset, metadata_end - index_offset)
+            .await?;
         let mut crc_input = metadata.to_vec();
         crc_input.extend_from_slice(&footer[..44]);
         if crc32c::crc32c(&crc_input) != stored_crc {
@@ -197,6 +199,12 @@ impl<S: PageSource> ImageLayer<S> {
         }
         decoder.finish().map_err(wire_error)?;
         Ok(rows)
+    }
+
+    /// The page where rows with keys at or above `key` start (the page `key` would be on):
+    /// a range scan from `key` reads from here on. `None` when the layer is empty.
+    pub fn page_for(&self, key: &[u8]) -> Option<usize> {
+        self.index.page_for(key).map(|page| page.index())
     }
 
     /// The value of `key` as of the layer's LSN, or `None` if the layer has no such row.
@@ -276,7 +284,11 @@ mod tests {
                     continue;
                 }
                 let reads = layer.source().n_reads();
-                assert_eq!(block_on(layer.get(&absent)).unwrap(), None, "seed {seed}: {absent:?}");
+                assert_eq!(
+                    block_on(layer.get(&absent)).unwrap(),
+                    None,
+                    "seed {seed}: {absent:?}"
+                );
                 assert!(layer.source().n_reads() <= reads + 1);
             }
             // Damage: any flipped byte or cut gives an error or the right rows.
@@ -291,7 +303,8 @@ mod tests {
                     let at = rng.below(damaged.len() as u64) as usize;
                     damaged[at] ^= 1 << rng.below(8);
                 }
-                let Ok(layer) = block_on(ImageLayer::open(MemorySource::new(Bytes::from(damaged)))) else {
+                let Ok(layer) = block_on(ImageLayer::open(MemorySource::new(Bytes::from(damaged))))
+                else {
                     continue;
                 };
                 for (key, value) in rows.iter().step_by(7) {

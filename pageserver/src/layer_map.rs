@@ -332,7 +332,7 @@ mod tests {
             let n_keys = 1 + rng.below(12) as u8;
             let keys: Vec<Bytes> = (0..n_keys).map(|k| key(1 + (k % 3) as u32, k)).collect();
             // The history: one change per commit LSN 1, 2, ...
-            let n_changes = rng.below(80) as u64;
+            let n_changes = rng.below(80);
             let history: Vec<Change> = (1..=n_changes)
                 .map(|lsn| {
                     let k = keys[rng.below(keys.len() as u64) as usize].clone();

@@ -3,27 +3,30 @@
 //! computes.
 //!
 //! ```text
-//!   safekeepers ──WalData──▶ walreceiver ──▶ timeline (store.rs, in memory) ◀── server ◀── computes
-//!                                               │ checkpoint every interval and at shutdown
+//!   safekeepers ──WalData──▶ walreceiver ──▶ timeline: in-memory layers ◀── server ◀── computes
+//!                                               │ checkpoint (every interval, at shutdown):
+//!                                               │ delta layers; compaction: image layers
 //!                                               ▼
-//!                         remote_storage ──▶ object store: layers (layer.rs) + index (manifest.rs)
+//!     object store: layer files (delta_layer, image_layer) + index (manifest)
+//!                   read back by byte ranges through the block cache (block_cache)
 //! ```
 //!
-//! Local disk is only a cache (unused so far): a pageserver started on an empty `data_dir`
-//! rebuilds the timeline from the object store alone, then follows the WAL from the LSN the
-//! object store holds. Background work (WAL receiver, checkpointer, read server) is started
-//! and stopped in one place, [`run`].
+//! Local disk is only a cache: a pageserver started on an empty `data_dir` opens the
+//! timeline from the object store's index alone, reads layer files on demand, and follows the
+//! WAL from the LSN the object store holds. Background work (WAL receiver, checkpointer and
+//! compaction, read server) is started and stopped in one place, [`run`].
 
 pub mod block_cache;
 pub mod column_pages;
 pub mod delta_layer;
 pub mod error;
 pub mod image_layer;
-pub mod layer;
 pub mod layer_map;
+pub mod layers;
 pub mod limits;
-pub mod page_source;
 pub mod manifest;
+pub mod metrics;
+pub mod page_source;
 pub mod remote_layout;
 pub mod server;
 pub mod store;
@@ -64,6 +67,14 @@ pub struct Config {
     pub checkpoint_interval: Duration,
     /// Reads wait at most this long for WAL (default `limits::WAIT_LSN_TIMEOUT_DEFAULT_MS`).
     pub wait_lsn_timeout: Duration,
+    /// Memory for cached layer-file blocks (default
+    /// `block_cache::BLOCK_CACHE_MEMORY_BYTES_DEFAULT`).
+    pub cache_memory_bytes: u64,
+    /// Local disk for cached layer-file blocks, under `data_dir/cache` (default
+    /// `block_cache::BLOCK_CACHE_DISK_BYTES_DEFAULT`).
+    pub cache_disk_bytes: u64,
+    /// Where to serve `GET /metrics` (Prometheus text format), if anywhere.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// Binds, logs "pageserver listening on {addr}", ingests and serves until `shutdown`
@@ -88,9 +99,18 @@ pub(crate) async fn run_with_listener(
         .with_context(|| format!("creating the data folder {}", config.data_dir.display()))?;
     let remote = RemoteStorage::from_spec(&config.object_store)
         .with_context(|| format!("opening the object store {}", config.object_store))?;
+    let cache_dir = config.data_dir.join("cache");
+    let cache = block_cache::BlockCache::open(block_cache::BlockCacheConfig {
+        memory_bytes: config.cache_memory_bytes,
+        disk_dir: cache_dir.clone(),
+        disk_bytes: config.cache_disk_bytes,
+    })
+    .await
+    .with_context(|| format!("opening the block cache in {}", cache_dir.display()))?;
+    let cache = Arc::new(cache);
     let timeline = tokio::select! {
         _ = &mut shutdown => return Ok(()),
-        loaded = Timeline::load(remote, config.tenant, config.timeline) => Arc::new(
+        loaded = Timeline::load(remote, cache, config.tenant, config.timeline) => Arc::new(
             loaded.with_context(|| format!("loading timeline {} from the object store", config.timeline))?,
         ),
     };
@@ -100,6 +120,14 @@ pub(crate) async fn run_with_listener(
         timeline.generation(),
         timeline.last_record_lsn()
     );
+    let metrics_listener = match config.metrics_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding the metrics endpoint to {addr}"))?,
+        ),
+        None => None,
+    };
     tracing::info!("pageserver listening on {}", listener.local_addr()?);
 
     let (cancel_sender, cancel) = watch::channel(false);
@@ -119,6 +147,17 @@ pub(crate) async fn run_with_listener(
         config.checkpoint_interval,
         cancel.clone(),
     ));
+    if let Some(metrics_listener) = metrics_listener {
+        tracing::info!(
+            "pageserver metrics on http://{}/metrics",
+            metrics_listener.local_addr()?
+        );
+        tasks.spawn(metrics::serve(
+            metrics_listener,
+            timeline.clone(),
+            cancel.clone(),
+        ));
+    }
     tasks.spawn(server::serve(
         listener,
         timeline.clone(),
@@ -149,7 +188,8 @@ pub(crate) async fn run_with_listener(
     Ok(())
 }
 
-/// Checkpoints every `interval` until cancelled (a checkpoint with nothing new is free).
+/// Checkpoints, then compacts where enough delta layers piled up, every `interval` until
+/// cancelled (a checkpoint with nothing new is free).
 async fn checkpointer(
     timeline: Arc<Timeline>,
     interval: Duration,
@@ -168,6 +208,13 @@ async fn checkpointer(
         if let Err(err) = timeline.checkpoint().await {
             tracing::warn!(
                 "checkpoint of timeline {} failed (will retry): {err}",
+                timeline.timeline_id()
+            );
+            continue;
+        }
+        if let Err(err) = timeline.compact().await {
+            tracing::warn!(
+                "compaction of timeline {} failed (will retry): {err}",
                 timeline.timeline_id()
             );
         }

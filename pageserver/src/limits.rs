@@ -24,9 +24,13 @@ pub const RECONNECT_BACKOFF_MAX_MS: u64 = 2_000;
 /// How often the safekeepers are told the durable LSN (when it advanced).
 pub const FEEDBACK_INTERVAL_MS: u64 = 1_000;
 
-/// A checkpoint cuts the transactions it uploads into delta layers of about this size (a
-/// layer may exceed it by one transaction, itself at most `wal::RECORD_BYTES_MAX`).
+/// The open in-memory layer is frozen (and flushed as a delta layer at the next checkpoint)
+/// once it holds about this many bytes; it may exceed it by one transaction, itself at most
+/// `wal::RECORD_BYTES_MAX`.
 pub const DELTA_LAYER_BYTES_TARGET: usize = 64 << 20;
+/// Compaction writes a table's image layer once this many delta layers with changes to the
+/// table lie above its newest image.
+pub const COMPACTION_DELTA_LAYERS_MIN: usize = 10;
 /// The largest layer file a download accepts.
 pub const LAYER_FILE_BYTES_MAX: u64 = 256 << 20;
 /// The largest index (manifest) file a download accepts.

@@ -1,21 +1,30 @@
-//! The index (manifest) of a timeline in the object store: which layer files are live and up
-//! to which LSN the object store holds the timeline.
+//! The index (manifest) of a timeline in the object store: which layer files are live, up
+//! to which LSN the object store holds the timeline, which tables were dropped where, and the
+//! timeline's ancestor if it is a branch.
 //!
 //! One JSON file per generation, `index-<generation:08x>.json`:
 //!
 //! ```json
-//! { "format_version": 1, "crc32c": 1234567,
+//! { "format_version": 2, "crc32c": 1234567,
 //!   "manifest": { "tenant": "<hex>", "timeline": "<hex>", "generation": 2,
 //!                 "remote_consistent_lsn": 4096,
-//!                 "layers": [ { "start_lsn": 0, "end_lsn": 4096, "generation": 1,
-//!                               "size_bytes": 812 } ] } }
+//!                 "ancestor": { "timeline": "<hex>", "lsn": 1024 },
+//!                 "dropped_tables": [ { "table": 17, "lsn": 2048 } ],
+//!                 "layers": [
+//!                   { "kind": "delta", "start_lsn": 1024, "end_lsn": 4096,
+//!                     "generation": 1, "size_bytes": 812, "tables": [1, 16] },
+//!                   { "kind": "image", "table": 16, "lsn": 4096, "generation": 2,
+//!                     "size_bytes": 9000, "column_bytes": 7000 } ] } }
 //! ```
 //!
 //! `crc32c` is CRC32C over the compact JSON encoding of `manifest`, so a changed value (not
-//! only a broken syntax) is caught. Validation also checks that the layers are contiguous
-//! from LSN 0 to `remote_consistent_lsn` and belong to this or an older generation. A layer
-//! is named by its range and the generation that wrote it, so no two pageservers ever write
-//! the same layer key. Pure encoding and decoding: no I/O.
+//! only a broken syntax) is caught. Validation also checks that the delta layers are
+//! contiguous from the timeline's start (0, or the ancestor's LSN for a branch) to
+//! `remote_consistent_lsn`, that images lie inside that range, and that every layer belongs
+//! to this or an older generation. A layer is named by what it holds and the generation that
+//! wrote it, so no two pageservers ever write the same layer key. Format version 1 (whole
+//! transactions per delta layer, no images) is refused with a clear error. Pure encoding and
+//! decoding: no I/O.
 
 use bytes::Bytes;
 use ids::{Lsn, TenantId, TimelineId};
@@ -23,27 +32,100 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{PageserverError, Result};
 
-pub const MANIFEST_FORMAT_VERSION: u32 = 1;
+pub const MANIFEST_FORMAT_VERSION: u32 = 2;
 
-/// One live layer file.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LayerDesc {
-    pub start_lsn: u64,
-    pub end_lsn: u64,
-    /// The generation of the pageserver that wrote it (part of its name).
-    pub generation: u32,
-    pub size_bytes: u64,
+/// One live layer file (an image layer is two files: row pages and column pages).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum LayerDesc {
+    /// Every change with commit LSN in `(start_lsn, end_lsn]`, sorted by (key, LSN)
+    /// (`delta_layer`).
+    Delta {
+        start_lsn: u64,
+        end_lsn: u64,
+        /// The generation of the pageserver that wrote it (part of its name).
+        generation: u32,
+        size_bytes: u64,
+        /// The tables it has changes (or a drop) of, ascending.
+        tables: Vec<u32>,
+    },
+    /// Every row of `table` as of `lsn` (`image_layer`), plus, for user tables, the same rows
+    /// as Parquet column pages (`column_pages`) of `column_bytes` bytes.
+    Image {
+        table: u32,
+        lsn: u64,
+        generation: u32,
+        size_bytes: u64,
+        column_bytes: Option<u64>,
+    },
 }
 
 impl LayerDesc {
-    /// `<start:016X>-<end:016X>-<generation:08x>.delta`
+    /// `<start:016X>-<end:016X>-<generation:08x>.delta` or
+    /// `<table:08x>-<lsn:016X>-<generation:08x>.image` (its column pages: `.parquet`).
     pub fn file_name(&self) -> String {
-        format!(
-            "{:016X}-{:016X}-{:08x}.delta",
-            self.start_lsn, self.end_lsn, self.generation
-        )
+        match self {
+            LayerDesc::Delta {
+                start_lsn,
+                end_lsn,
+                generation,
+                ..
+            } => format!("{start_lsn:016X}-{end_lsn:016X}-{generation:08x}.delta"),
+            LayerDesc::Image {
+                table,
+                lsn,
+                generation,
+                ..
+            } => format!("{table:08x}-{lsn:016X}-{generation:08x}.image"),
+        }
     }
+
+    /// The name of an image layer's column-page file, if it has one.
+    pub fn column_file_name(&self) -> Option<String> {
+        match self {
+            LayerDesc::Image {
+                table,
+                lsn,
+                generation,
+                column_bytes: Some(_),
+                ..
+            } => Some(format!("{table:08x}-{lsn:016X}-{generation:08x}.parquet")),
+            _ => None,
+        }
+    }
+
+    pub fn generation(&self) -> u32 {
+        match self {
+            LayerDesc::Delta { generation, .. } | LayerDesc::Image { generation, .. } => {
+                *generation
+            }
+        }
+    }
+
+    pub fn size_bytes(&self) -> u64 {
+        match self {
+            LayerDesc::Delta { size_bytes, .. } | LayerDesc::Image { size_bytes, .. } => {
+                *size_bytes
+            }
+        }
+    }
+}
+
+/// The timeline this one branched from, and the LSN it branched at: reads at or below it
+/// that this timeline's own layers do not answer go to the ancestor.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Ancestor {
+    pub timeline: String,
+    pub lsn: u64,
+}
+
+/// A `DROP TABLE`: no row of `table` is visible at or after `lsn`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DroppedTable {
+    pub table: u32,
+    pub lsn: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -55,7 +137,10 @@ pub struct Manifest {
     pub generation: u32,
     /// Every transaction with commit LSN at or below this is in the listed layers.
     pub remote_consistent_lsn: u64,
-    /// In LSN order, contiguous from 0 to `remote_consistent_lsn`.
+    pub ancestor: Option<Ancestor>,
+    pub dropped_tables: Vec<DroppedTable>,
+    /// Delta layers in LSN order, contiguous from the timeline's start to
+    /// `remote_consistent_lsn`; image layers in any order.
     pub layers: Vec<LayerDesc>,
 }
 
@@ -81,8 +166,15 @@ impl Manifest {
             timeline: timeline.to_string(),
             generation,
             remote_consistent_lsn: 0,
+            ancestor: None,
+            dropped_tables: Vec::new(),
             layers: Vec::new(),
         }
+    }
+
+    /// The LSN this timeline's own WAL starts at: 0, or the branch point.
+    pub fn start_lsn(&self) -> Lsn {
+        Lsn(self.ancestor.as_ref().map_or(0, |ancestor| ancestor.lsn))
     }
 
     pub fn remote_consistent_lsn(&self) -> Lsn {
@@ -97,28 +189,72 @@ impl Manifest {
                 self.tenant, self.timeline
             ));
         }
-        let mut expected_start = 0u64;
-        for layer in &self.layers {
-            if layer.start_lsn != expected_start || layer.end_lsn <= layer.start_lsn {
-                return Err(format!(
-                    "layer {} does not continue at LSN {}",
-                    layer.file_name(),
-                    Lsn(expected_start)
-                ));
+        if let Some(ancestor) = &self.ancestor {
+            if ancestor.timeline == self.timeline {
+                return Err("is its own ancestor".into());
             }
-            if layer.generation > self.generation {
+        }
+        let start = self.start_lsn().0;
+        let mut expected_start = start;
+        for layer in &self.layers {
+            if layer.generation() > self.generation {
                 return Err(format!(
                     "layer {} is from a later generation",
                     layer.file_name()
                 ));
             }
-            expected_start = layer.end_lsn;
+            match layer {
+                LayerDesc::Delta {
+                    start_lsn,
+                    end_lsn,
+                    tables,
+                    ..
+                } => {
+                    if tables.windows(2).any(|pair| pair[0] >= pair[1]) {
+                        return Err(format!("layer {}: tables not ascending", layer.file_name()));
+                    }
+                    if *start_lsn != expected_start || end_lsn <= start_lsn {
+                        return Err(format!(
+                            "layer {} does not continue at LSN {}",
+                            layer.file_name(),
+                            Lsn(expected_start)
+                        ));
+                    }
+                    expected_start = *end_lsn;
+                }
+                LayerDesc::Image { lsn, .. } => {
+                    if *lsn < start || *lsn > self.remote_consistent_lsn {
+                        return Err(format!(
+                            "image layer {} lies outside LSN {}..={}",
+                            layer.file_name(),
+                            Lsn(start),
+                            Lsn(self.remote_consistent_lsn)
+                        ));
+                    }
+                }
+            }
         }
         if expected_start != self.remote_consistent_lsn {
             return Err(format!(
                 "layers end at LSN {} but remote_consistent_lsn is {}",
                 Lsn(expected_start),
                 Lsn(self.remote_consistent_lsn)
+            ));
+        }
+        let mut names: Vec<String> = self.layers.iter().map(LayerDesc::file_name).collect();
+        names.sort();
+        if names.windows(2).any(|pair| pair[0] == pair[1]) {
+            return Err("names a layer twice".into());
+        }
+        if let Some(dropped) = self
+            .dropped_tables
+            .iter()
+            .find(|d| d.lsn <= start || d.lsn > self.remote_consistent_lsn)
+        {
+            return Err(format!(
+                "table {} dropped at LSN {}, outside the timeline",
+                dropped.table,
+                Lsn(dropped.lsn)
             ));
         }
         Ok(())
@@ -171,18 +307,35 @@ mod tests {
             timeline: TimelineId::from_u128(2).to_string(),
             generation: 3,
             remote_consistent_lsn: 900,
+            ancestor: Some(Ancestor {
+                timeline: TimelineId::from_u128(9).to_string(),
+                lsn: 40,
+            }),
+            dropped_tables: vec![DroppedTable {
+                table: 17,
+                lsn: 300,
+            }],
             layers: vec![
-                LayerDesc {
-                    start_lsn: 0,
+                LayerDesc::Delta {
+                    start_lsn: 40,
                     end_lsn: 120,
                     generation: 1,
                     size_bytes: 77,
+                    tables: vec![1, 16],
                 },
-                LayerDesc {
+                LayerDesc::Image {
+                    table: 16,
+                    lsn: 120,
+                    generation: 2,
+                    size_bytes: 500,
+                    column_bytes: Some(300),
+                },
+                LayerDesc::Delta {
                     start_lsn: 120,
                     end_lsn: 900,
                     generation: 3,
                     size_bytes: 1234,
+                    tables: vec![],
                 },
             ],
         }
@@ -196,9 +349,18 @@ mod tests {
             Manifest::decode(&bytes, TenantId::from_u128(1), TimelineId::from_u128(2)).unwrap();
         assert_eq!(decoded, manifest);
         assert_eq!(
-            manifest.layers[1].file_name(),
+            manifest.layers[2].file_name(),
             "0000000000000078-0000000000000384-00000003.delta"
         );
+        assert_eq!(
+            manifest.layers[1].file_name(),
+            "00000010-0000000000000078-00000002.image"
+        );
+        assert_eq!(
+            manifest.layers[1].column_file_name().unwrap(),
+            "00000010-0000000000000078-00000002.parquet"
+        );
+        assert_eq!(manifest.layers[0].column_file_name(), None);
         let wrong = Manifest::decode(&bytes, TenantId::from_u128(1), TimelineId::from_u128(5));
         assert!(wrong.unwrap_err().to_string().contains("belongs to"));
     }
@@ -226,27 +388,76 @@ mod tests {
     fn inconsistent_manifests_are_rejected() {
         let (tenant, timeline) = (TenantId::from_u128(1), TimelineId::from_u128(2));
         let mut gap = sample();
-        gap.layers[1].start_lsn = 130;
+        gap.layers[2] = LayerDesc::Delta {
+            start_lsn: 130,
+            end_lsn: 900,
+            generation: 3,
+            size_bytes: 1,
+            tables: vec![],
+        };
         let mut short = sample();
         short.remote_consistent_lsn = 1000;
         let mut future = sample();
-        future.layers[0].generation = 4;
-        for manifest in [gap, short, future] {
+        future.layers[0] = LayerDesc::Delta {
+            start_lsn: 40,
+            end_lsn: 120,
+            generation: 4,
+            size_bytes: 77,
+            tables: vec![],
+        };
+        let mut unsorted_tables = sample();
+        unsorted_tables.layers[0] = LayerDesc::Delta {
+            start_lsn: 40,
+            end_lsn: 120,
+            generation: 1,
+            size_bytes: 77,
+            tables: vec![16, 1],
+        };
+        let mut before_branch = sample();
+        before_branch.ancestor.as_mut().unwrap().lsn = 0;
+        let mut late_image = sample();
+        late_image.layers.push(LayerDesc::Image {
+            table: 16,
+            lsn: 901,
+            generation: 3,
+            size_bytes: 1,
+            column_bytes: None,
+        });
+        let mut twice = sample();
+        twice.layers.push(twice.layers[1].clone());
+        let mut late_drop = sample();
+        late_drop.dropped_tables[0].lsn = 901;
+        let mut own_ancestor = sample();
+        own_ancestor.ancestor.as_mut().unwrap().timeline = own_ancestor.timeline.clone();
+        for manifest in [
+            gap,
+            short,
+            future,
+            before_branch,
+            late_image,
+            twice,
+            late_drop,
+            own_ancestor,
+            unsorted_tables,
+        ] {
             let err = Manifest::decode(&manifest.encode(), tenant, timeline).unwrap_err();
             assert!(matches!(err, PageserverError::Corrupt { .. }), "{err}");
         }
         let mut newer = serde_json::to_value(ManifestFile {
-            format_version: 1,
+            format_version: MANIFEST_FORMAT_VERSION,
             crc32c: 0,
             manifest: sample(),
         })
         .unwrap();
-        newer["format_version"] = 2.into();
-        let err =
-            Manifest::decode(&serde_json::to_vec(&newer).unwrap(), tenant, timeline).unwrap_err();
-        assert!(
-            err.to_string().contains("unsupported format version 2"),
-            "{err}"
-        );
+        for version in [1, 3] {
+            newer["format_version"] = version.into();
+            let err = Manifest::decode(&serde_json::to_vec(&newer).unwrap(), tenant, timeline)
+                .unwrap_err();
+            assert!(
+                err.to_string()
+                    .contains(&format!("unsupported format version {version}")),
+                "{err}"
+            );
+        }
     }
 }

@@ -14,6 +14,9 @@ use crate::error::{PageserverError, Result};
 pub trait PageSource: Send + Sync {
     /// The file's length in bytes.
     fn len(&self) -> u64;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
     /// The bytes `[offset, offset + n_bytes)`; a range past the end is an error.
     fn read(&self, offset: u64, n_bytes: u64) -> impl Future<Output = Result<Bytes>> + Send;
 }

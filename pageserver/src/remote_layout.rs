@@ -6,6 +6,8 @@
 //! ```text
 //! tenants/<tenant hex>/timelines/<timeline hex>/index-<generation:08x>.json
 //! tenants/<tenant hex>/timelines/<timeline hex>/layers/<start:016X>-<end:016X>-<generation:08x>.delta
+//! tenants/<tenant hex>/timelines/<timeline hex>/layers/<table:08x>-<lsn:016X>-<generation:08x>.image
+//! tenants/<tenant hex>/timelines/<timeline hex>/layers/<table:08x>-<lsn:016X>-<generation:08x>.parquet
 //! ```
 //!
 //! Pure functions: no I/O.
@@ -44,11 +46,16 @@ pub fn parse_index_file_name(name: &str) -> Option<u32> {
 }
 
 pub fn layer_key(tenant: TenantId, timeline: TimelineId, layer: &LayerDesc) -> String {
-    format!(
-        "{}/layers/{}",
-        timeline_prefix(tenant, timeline),
-        layer.file_name()
-    )
+    layer_file_key(tenant, timeline, &layer.file_name())
+}
+
+/// The key of an image layer's column-page file, if it has one.
+pub fn column_key(tenant: TenantId, timeline: TimelineId, layer: &LayerDesc) -> Option<String> {
+    Some(layer_file_key(tenant, timeline, &layer.column_file_name()?))
+}
+
+fn layer_file_key(tenant: TenantId, timeline: TimelineId, file_name: &str) -> String {
+    format!("{}/layers/{file_name}", timeline_prefix(tenant, timeline))
 }
 
 #[cfg(test)]

@@ -5,8 +5,9 @@
 //! - `GetRow` → wait for the LSN → one `Row`;
 //! - `Scan` → wait for the LSN → `RowBatch` frames (each within `SCAN_BATCH_ROWS_MAX` rows
 //!   and `SCAN_BATCH_BYTES_MAX` bytes, except that a single larger row travels alone) →
-//!   `ScanEnd`. Each batch is collected under a short read lock and the scan resumes after
-//!   the last key examined; no lock is held while writing to the socket. Commits that arrive
+//!   `ScanEnd`. Each batch takes the in-memory layers' part under a short read lock, then
+//!   reads the layer files without it, and the scan resumes after the last key examined; no
+//!   lock is held while reading layers or writing to the socket. Commits that arrive
 //!   meanwhile have LSNs above the scan's, so the batches form one consistent snapshot;
 //! - `Status` → `Status`.
 //!
@@ -145,7 +146,7 @@ async fn handle_request(
             table, key, lsn, ..
         } => {
             let response = match timeline.wait_lsn(lsn, wait_lsn_timeout).await {
-                Ok(()) => match timeline.get(table, &key, lsn) {
+                Ok(()) => match timeline.get(table, &key, lsn).await {
                     Ok(value) => Response::Row { value },
                     Err(err) => error_response(&err),
                 },
@@ -165,13 +166,16 @@ async fn handle_request(
             }
             let mut after_key = None;
             loop {
-                let page = match timeline.scan(
-                    table,
-                    (start.as_deref(), end.as_deref()),
-                    lsn,
-                    after_key.as_deref(),
-                    SCAN_LIMITS,
-                ) {
+                let page = match timeline
+                    .scan(
+                        table,
+                        (start.as_deref(), end.as_deref()),
+                        lsn,
+                        after_key.as_deref(),
+                        SCAN_LIMITS,
+                    )
+                    .await
+                {
                     Ok(page) => page,
                     Err(err) => return send(writer, &error_response(&err)).await,
                 };

@@ -1,4 +1,5 @@
-//! The versioned key-value state of one timeline, in memory.
+//! The versioned key-value state of one timeline's recent WAL, in memory: the timeline's
+//! in-memory layer (see `timeline`), which is frozen and flushed as a delta layer.
 //!
 //! For every row key `(table, key)` the store keeps the list of its versions, `(commit LSN,
 //! value)` with `None` for a deletion, in LSN order; for every dropped table, the LSN of its
@@ -31,7 +32,12 @@ pub struct Store {
     last_lsn: Lsn,
     n_versions: usize,
     n_ignored_ops: u64,
+    /// Keys plus values plus a fixed overhead per version: what a flush will write.
+    n_bytes: usize,
 }
+
+/// Bytes counted per version on top of its key and value (LSN, lengths, flags).
+const VERSION_OVERHEAD_BYTES: usize = 24;
 
 /// How much one [`Store::scan`] call may return and look at.
 #[derive(Debug, Clone, Copy)]
@@ -65,6 +71,83 @@ impl Store {
     /// Number of row versions held (for metrics and tests).
     pub fn n_versions(&self) -> usize {
         self.n_versions
+    }
+
+    /// About how many bytes a delta layer of this store's versions takes.
+    pub fn n_bytes(&self) -> usize {
+        self.n_bytes
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.n_versions == 0 && self.dropped.is_empty()
+    }
+
+    /// Tables dropped by the transactions applied here, with their drop LSNs.
+    pub fn dropped_tables(&self) -> Vec<(u32, Lsn)> {
+        let mut dropped: Vec<(u32, Lsn)> = self.dropped.iter().map(|(t, l)| (*t, *l)).collect();
+        dropped.sort();
+        dropped
+    }
+
+    /// Every version held, as delta-layer entries sorted by (timeline key, LSN).
+    pub fn delta_entries(&self) -> Vec<crate::delta_layer::DeltaEntry> {
+        let mut entries = Vec::with_capacity(self.n_versions);
+        for ((table, key), versions) in &self.rows {
+            let timeline_key = crate::layer_map::timeline_key(*table, key);
+            for (lsn, value) in versions {
+                entries.push(crate::delta_layer::DeltaEntry {
+                    key: timeline_key.clone(),
+                    lsn: *lsn,
+                    value: value.clone(),
+                });
+            }
+        }
+        entries
+    }
+
+    /// The newest version of `(table, key)` at or below `lsn` held here, `None` in the value
+    /// for a deletion; `None` when this store holds no such version. Drops are not applied:
+    /// the caller checks them for the whole timeline.
+    pub fn newest_version(&self, table: u32, key: &[u8], lsn: Lsn) -> Option<(Lsn, Option<Bytes>)> {
+        let versions = self.rows.get(&(table, Bytes::copy_from_slice(key)))?;
+        let n_visible = versions.partition_point(|(version_lsn, _)| *version_lsn <= lsn);
+        n_visible.checked_sub(1).map(|i| versions[i].clone())
+    }
+
+    /// For the keys of `table` after `lower` and before `end` (unbounded where `None`), in
+    /// key order, the newest version at or below `lsn` (deletions included, keys with no such
+    /// version left out). At most `keys_max` keys (at least one) are examined: the second
+    /// value is `None` when the whole range was covered, or the last key examined when it
+    /// stopped there (every key up to and including it was covered).
+    pub fn newest_versions_in_range(
+        &self,
+        table: u32,
+        lower: Bound<&[u8]>,
+        end: Option<&[u8]>,
+        lsn: Lsn,
+        keys_max: usize,
+    ) -> (Vec<(Bytes, Option<Bytes>)>, Option<Bytes>) {
+        let lower = match lower {
+            Bound::Included(key) => Bound::Included((table, Bytes::copy_from_slice(key))),
+            Bound::Excluded(key) => Bound::Excluded((table, Bytes::copy_from_slice(key))),
+            Bound::Unbounded => Bound::Included((table, Bytes::new())),
+        };
+        let mut out = Vec::new();
+        for (n_examined, ((row_table, key), versions)) in
+            self.rows.range((lower, Bound::Unbounded)).enumerate()
+        {
+            if *row_table != table || end.is_some_and(|end| key.as_ref() >= end) {
+                break;
+            }
+            let n_visible = versions.partition_point(|(version_lsn, _)| *version_lsn <= lsn);
+            if let Some(i) = n_visible.checked_sub(1) {
+                out.push((key.clone(), versions[i].1.clone()));
+            }
+            if n_examined + 1 >= keys_max.max(1) {
+                return (out, Some(key.clone()));
+            }
+        }
+        (out, None)
     }
 
     /// Operations ignored because they touched a table after its drop.
@@ -102,16 +185,23 @@ impl Store {
             return;
         }
         let versions = self.rows.entry((table, key.clone())).or_default();
+        let value_len = value.as_ref().map_or(0, Bytes::len);
         match versions.last_mut() {
-            Some(last) if last.0 == lsn => last.1 = value,
+            Some(last) if last.0 == lsn => {
+                self.n_bytes -= last.1.as_ref().map_or(0, Bytes::len);
+                self.n_bytes += value_len;
+                last.1 = value;
+            }
             Some(last) => {
                 assert!(last.0 < lsn, "version at {} after one at {lsn}", last.0);
                 versions.push((lsn, value));
                 self.n_versions += 1;
+                self.n_bytes += 4 + key.len() + value_len + VERSION_OVERHEAD_BYTES;
             }
             None => {
                 versions.push((lsn, value));
                 self.n_versions += 1;
+                self.n_bytes += 4 + key.len() + value_len + VERSION_OVERHEAD_BYTES;
             }
         }
     }

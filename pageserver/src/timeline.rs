@@ -1,68 +1,118 @@
-//! One timeline: its versioned state ([`Store`]), how far WAL has been applied
+//! One timeline: its in-memory layers (recent WAL), its persisted layers (delta and image
+//! layer files in the object store, [`LayerSet`]), how far WAL has been applied
 //! (`last_record_lsn`), how far the object store holds it (`remote_consistent_lsn`), and the
-//! two ways state moves: ingest (from the WAL receiver) and checkpoint (to the object store).
+//! ways state moves: ingest (from the WAL receiver), checkpoint (freeze and flush the
+//! in-memory layers as delta layers) and compaction (image layers at an LSN).
 //!
 //! ```text
-//!  safekeeper ─WAL─▶ ingest ─▶ Store (memory) ──────────────▶ reads at LSN X
-//!                        └──▶ not_uploaded ─checkpoint─▶ layers + index (object store)
-//!  startup: highest generation's index ─▶ its layers, in LSN order ─▶ Store
+//!  safekeeper ─WAL─▶ ingest ─▶ open in-memory layer ──freeze──▶ frozen layers
+//!                                                                   │ checkpoint: delta layer
+//!                                                                   ▼ files, then the index
+//!  reads at LSN X: memory layers, newest first ─▶ LayerSet (deltas ─▶ image) ◀─ compaction:
+//!                                                     │                     image layers at
+//!                                                     ▼                     remote_consistent
+//!                                       object store via the block cache
+//!  startup: highest generation's index ─▶ LayerSet (files opened on first read)
 //! ```
 //!
 //! Invariants:
 //! - `last_record_lsn` only grows, and is published only after the transaction it names is
-//!   in the store, so a reader that waited for LSN X sees every commit at or below X.
-//! - Transactions stay in `not_uploaded` until a layer holding them is in the object store
-//!   *and* an index naming that layer is written; layers are uploaded before the index.
-//! - This pageserver writes only its own generation's index (highest found at startup + 1,
-//!   claimed at startup with a create-only put), so it never overwrites another pageserver's
-//!   state; a stale one's later uploads are simply ignored by newer generations.
+//!   in the open in-memory layer, so a reader that waited for LSN X sees every commit at or
+//!   below X.
+//! - Every commit above `remote_consistent_lsn` is in exactly one in-memory layer (open or
+//!   frozen); every commit at or below it is in the delta layers the index names. A frozen
+//!   layer leaves memory in the same state change that adds its delta layer to the
+//!   [`LayerSet`], so a reader sees it in one place or the other, never in neither.
+//! - Layer files are uploaded before the index that names them. This pageserver writes only
+//!   its own generation's index (highest found at startup + 1, claimed at startup with a
+//!   create-only put) and layer files named with its generation, so it never overwrites
+//!   another pageserver's state; a stale one's later uploads are ignored by newer
+//!   generations.
+//! - Checkpoints and compactions never interleave (the `uploads` lock): the index in
+//!   `UploadState` is always the one last written, and it names exactly the files of the
+//!   current [`LayerSet`].
 //!
-//! Does I/O through [`RemoteStorage`] only; local disk is not used.
+//! I/O goes through [`RemoteStorage`] and the block cache only.
 
-use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
 use bytes::Bytes;
 use ids::{Lsn, TenantId, TimelineId};
-use remote_storage::{PutMode, RemoteStorage};
+use remote_storage::{Expected, ObjectVersion, PutMode, RemoteStorage};
 use tokio::sync::watch;
 use wal::{Op, Transaction};
 
+use crate::block_cache::BlockCache;
+use crate::column_pages;
+use crate::delta_layer;
 use crate::error::{PageserverError, Result};
-use crate::layer;
-use crate::limits::{DELTA_LAYER_BYTES_TARGET, LAYER_FILE_BYTES_MAX, MANIFEST_BYTES_MAX};
-use crate::manifest::{LayerDesc, Manifest};
+use crate::image_layer;
+use crate::layers::{at_key, scan_lower_bound, LayerSet, LayerStorage, Lookup, MemoryRange};
+use crate::limits::{
+    COMPACTION_DELTA_LAYERS_MIN, DELTA_LAYER_BYTES_TARGET, LAYER_FILE_BYTES_MAX, MANIFEST_BYTES_MAX,
+};
+use crate::manifest::{DroppedTable, LayerDesc, Manifest};
 use crate::remote_layout;
 use crate::store::{ScanLimits, ScanPage, Store};
+use rowcodec::{TableDef, CATALOG_TABLE_ID, FIRST_USER_TABLE_ID};
 
 pub struct Timeline {
     tenant_id: TenantId,
     timeline_id: TimelineId,
     generation: u32,
-    remote: RemoteStorage,
+    storage: LayerStorage,
     state: RwLock<TimelineState>,
     last_record_lsn: watch::Sender<Lsn>,
     remote_consistent_lsn: watch::Sender<Lsn>,
-    /// Held for a whole checkpoint, so that checkpoints never interleave.
+    /// Held for a whole checkpoint or compaction, so that they never interleave.
     uploads: tokio::sync::Mutex<UploadState>,
     delta_layer_bytes_target: usize,
+    compaction_delta_layers_min: usize,
+}
+
+/// The WAL above `start` (exclusive) up to `end`, frozen: no longer written, not yet flushed.
+struct FrozenLayer {
+    store: Store,
+    start: Lsn,
+    end: Lsn,
 }
 
 struct TimelineState {
-    store: Store,
-    /// Ingested transactions not yet in the object store, in commit LSN order.
-    not_uploaded: Vec<(Lsn, Transaction)>,
+    /// Commits above `open_start`.
+    open: Store,
+    open_start: Lsn,
+    /// Oldest first, contiguous: the first starts at `remote_consistent_lsn`, the last ends at
+    /// `open_start`.
+    frozen: Vec<Arc<FrozenLayer>>,
+    layers: Arc<LayerSet>,
+    /// Table id → LSN of its `DropTable`, over the whole timeline.
+    dropped: BTreeMap<u32, Lsn>,
+    n_ignored_ops: u64,
 }
 
 struct UploadState {
-    /// The live layers, as listed in this generation's index.
-    layers: Vec<LayerDesc>,
+    /// This generation's index as last written (or claimed).
+    manifest: Manifest,
+    /// The object-store version of that index: the next write is conditional on it, so a
+    /// write based on anything but the index as last written is refused.
+    manifest_version: ObjectVersion,
 }
 
+/// Compaction's scans take whole tables.
+const UNLIMITED_SCAN: ScanLimits = ScanLimits {
+    rows_max: usize::MAX,
+    bytes_max: usize::MAX,
+    keys_examined_max: usize::MAX,
+};
+
 impl Timeline {
-    /// Rebuilds the timeline from the object store alone and claims the next generation.
+    /// Opens the timeline from the object store alone (its layer files are read on demand)
+    /// and claims the next generation.
     pub async fn load(
         remote: RemoteStorage,
+        cache: Arc<BlockCache>,
         tenant_id: TenantId,
         timeline_id: TimelineId,
     ) -> Result<Timeline> {
@@ -73,7 +123,6 @@ impl Timeline {
             .filter_map(|object| object.key.strip_prefix(prefix.as_str())?.strip_prefix('/'))
             .filter_map(remote_layout::parse_index_file_name)
             .max();
-        let mut store = Store::new();
         let manifest = match highest {
             None => Manifest::empty(tenant_id, timeline_id, 0),
             Some(highest) => {
@@ -88,9 +137,6 @@ impl Timeline {
                         reason,
                     ));
                 }
-                for desc in &manifest.layers {
-                    load_layer(&remote, tenant_id, timeline_id, desc, &mut store).await?;
-                }
                 tracing::info!(
                     "timeline {timeline_id}: loaded generation {highest}'s index, {} layers up to LSN {}",
                     manifest.layers.len(),
@@ -100,7 +146,6 @@ impl Timeline {
             }
         };
         let remote_consistent_lsn = manifest.remote_consistent_lsn();
-        assert!(store.last_lsn() <= remote_consistent_lsn);
         let generation = match highest {
             None => 1,
             Some(highest) => highest.checked_add(1).ok_or_else(|| {
@@ -113,34 +158,50 @@ impl Timeline {
         // that picked the same number fails here, before it serves anything.
         let claimed = Manifest {
             generation,
-            ..manifest.clone()
+            ..manifest
         };
         let key = remote_layout::index_key(tenant_id, timeline_id, generation);
-        remote
-            .put(&key, claimed.encode(), PutMode::CreateNew)
+        let manifest_version = remote
+            .put_if(&key, claimed.encode(), Expected::Absent)
             .await
-            .map_err(|e| match e.is_already_exists() {
+            .map_err(|e| match e.is_precondition_failed() {
                 true => PageserverError::GenerationTaken {
                     generation,
                     timeline: timeline_id,
                 },
                 false => e.into(),
             })?;
+        let dropped = claimed
+            .dropped_tables
+            .iter()
+            .map(|d| (d.table, Lsn(d.lsn)))
+            .collect();
         Ok(Timeline {
             tenant_id,
             timeline_id,
             generation,
-            remote,
+            storage: LayerStorage {
+                remote,
+                cache,
+                tenant: tenant_id,
+                timeline: timeline_id,
+            },
             state: RwLock::new(TimelineState {
-                store,
-                not_uploaded: Vec::new(),
+                open: Store::new(),
+                open_start: remote_consistent_lsn,
+                frozen: Vec::new(),
+                layers: Arc::new(LayerSet::new(&claimed.layers)),
+                dropped,
+                n_ignored_ops: 0,
             }),
             last_record_lsn: watch::Sender::new(remote_consistent_lsn),
             remote_consistent_lsn: watch::Sender::new(remote_consistent_lsn),
             uploads: tokio::sync::Mutex::new(UploadState {
-                layers: manifest.layers,
+                manifest: claimed,
+                manifest_version,
             }),
             delta_layer_bytes_target: DELTA_LAYER_BYTES_TARGET,
+            compaction_delta_layers_min: COMPACTION_DELTA_LAYERS_MIN,
         })
     }
 
@@ -153,7 +214,11 @@ impl Timeline {
     }
 
     pub fn remote(&self) -> &RemoteStorage {
-        &self.remote
+        &self.storage.remote
+    }
+
+    pub fn cache(&self) -> &Arc<BlockCache> {
+        &self.storage.cache
     }
 
     /// End of the last WAL record applied.
@@ -166,6 +231,11 @@ impl Timeline {
         *self.remote_consistent_lsn.borrow()
     }
 
+    /// Operations ignored because they touched a table after its drop.
+    pub fn n_ignored_ops(&self) -> Result<u64> {
+        Ok(self.read_state()?.n_ignored_ops)
+    }
+
     fn read_state(&self) -> Result<RwLockReadGuard<'_, TimelineState>> {
         self.state.read().map_err(|_| poisoned())
     }
@@ -174,8 +244,9 @@ impl Timeline {
         self.state.write().map_err(|_| poisoned())
     }
 
-    /// Applies the transaction whose record ends at `lsn`, and publishes `lsn`.
-    pub fn ingest(&self, lsn: Lsn, txn: Transaction) -> Result<()> {
+    /// Applies the transaction whose record ends at `lsn`, and publishes `lsn`. The open
+    /// in-memory layer is frozen once it holds `delta_layer_bytes_target` bytes.
+    pub fn ingest(&self, lsn: Lsn, mut txn: Transaction) -> Result<()> {
         let mut state = self.write_state()?;
         let last_record_lsn = self.last_record_lsn();
         if lsn <= last_record_lsn {
@@ -183,8 +254,27 @@ impl Timeline {
                 "record ending at LSN {lsn} does not advance past LSN {last_record_lsn}"
             )));
         }
-        state.store.apply(lsn, &txn);
-        state.not_uploaded.push((lsn, txn));
+        // Tables dropped by earlier transactions: their ops change nothing (the WAL format
+        // promises a dropped id is never used again).
+        let n_ops = txn.ops.len();
+        txn.ops.retain(|op| {
+            let table = match op {
+                Op::Put { table, .. } | Op::Delete { table, .. } | Op::DropTable { table } => {
+                    *table
+                }
+            };
+            !state.dropped.contains_key(&table)
+        });
+        state.n_ignored_ops += (n_ops - txn.ops.len()) as u64;
+        state.open.apply(lsn, &txn);
+        for op in &txn.ops {
+            if let Op::DropTable { table } = op {
+                state.dropped.entry(*table).or_insert(lsn);
+            }
+        }
+        if state.open.n_bytes() >= self.delta_layer_bytes_target {
+            freeze(&mut state, lsn);
+        }
         // Published while the state lock is held, so that LSNs are published in order.
         self.last_record_lsn.send_replace(lsn);
         Ok(())
@@ -210,12 +300,34 @@ impl Timeline {
     }
 
     /// The row at `(table, key)` as of `lsn`. The caller has waited for `lsn`.
-    pub fn get(&self, table: u32, key: &[u8], lsn: Lsn) -> Result<Option<Bytes>> {
-        Ok(self.read_state()?.store.get(table, key, lsn))
+    pub async fn get(&self, table: u32, key: &[u8], lsn: Lsn) -> Result<Option<Bytes>> {
+        let layers = {
+            let state = self.read_state()?;
+            if state
+                .dropped
+                .get(&table)
+                .is_some_and(|dropped| *dropped <= lsn)
+            {
+                return Ok(None);
+            }
+            let memory = std::iter::once(&state.open)
+                .chain(state.frozen.iter().rev().map(|frozen| &frozen.store));
+            for store in memory {
+                if let Some((_, value)) = store.newest_version(table, key, lsn) {
+                    return Ok(value);
+                }
+            }
+            state.layers.clone()
+        };
+        match layers.get(&self.storage, table, key, lsn).await? {
+            Lookup::Found(value) => Ok(value),
+            Lookup::NotHere => Ok(None),
+        }
     }
 
-    /// One step of a scan, under the read lock for just that step.
-    pub fn scan(
+    /// One step of a scan: the in-memory layers' part is taken under the read lock, then the
+    /// persisted layers are read without it.
+    pub async fn scan(
         &self,
         table: u32,
         range: (Option<&[u8]>, Option<&[u8]>),
@@ -223,62 +335,110 @@ impl Timeline {
         after_key: Option<&[u8]>,
         limits: ScanLimits,
     ) -> Result<ScanPage> {
-        Ok(self
-            .read_state()?
-            .store
-            .scan(table, range.0, range.1, lsn, after_key, limits))
+        let (memory, layers) = {
+            let state = self.read_state()?;
+            if state
+                .dropped
+                .get(&table)
+                .is_some_and(|dropped| *dropped <= lsn)
+            {
+                return Ok(ScanPage::default());
+            }
+            let lower = scan_lower_bound(range.0, after_key);
+            let mut covered_to: Option<Bytes> = None;
+            // Newest layer first: the first version found for a key is the one visible.
+            let mut entries: BTreeMap<Bytes, Option<Bytes>> = BTreeMap::new();
+            let memory = std::iter::once(&state.open)
+                .chain(state.frozen.iter().rev().map(|frozen| &frozen.store));
+            for store in memory {
+                let (found, covered) = store.newest_versions_in_range(
+                    table,
+                    lower,
+                    range.1,
+                    lsn,
+                    limits.keys_examined_max,
+                );
+                for (key, value) in found {
+                    entries.entry(key).or_insert(value);
+                }
+                if let Some(covered) = covered {
+                    if covered_to.as_ref().is_none_or(|current| covered < *current) {
+                        covered_to = Some(covered);
+                    }
+                }
+            }
+            if let Some(covered) = &covered_to {
+                entries.retain(|key, _| key <= covered);
+            }
+            let memory = MemoryRange {
+                entries: entries.into_iter().collect(),
+                covered_to,
+            };
+            (memory, state.layers.clone())
+        };
+        layers
+            .scan_step(&self.storage, table, range, lsn, after_key, &memory, limits)
+            .await
     }
 
-    /// Uploads what was ingested since the last checkpoint: delta layers first, then this
-    /// generation's index naming them. Returns the new `remote_consistent_lsn`, or `None`
-    /// when there was nothing to upload. On failure nothing is forgotten: the next
-    /// checkpoint uploads the same transactions again (plus newer ones).
+    /// Freezes the open in-memory layer and uploads every frozen one as a delta layer, then
+    /// this generation's index naming them. Returns the new `remote_consistent_lsn`, or
+    /// `None` when there was nothing to upload. On failure nothing is forgotten: the frozen
+    /// layers stay, and the next checkpoint uploads them again (same names, same bytes).
     pub async fn checkpoint(&self) -> Result<Option<Lsn>> {
         let mut uploads = self.uploads.lock().await;
-        let transactions = self.read_state()?.not_uploaded.clone();
-        let Some((end_lsn, _)) = transactions.last() else {
+        let frozen: Vec<Arc<FrozenLayer>> = {
+            let mut state = self.write_state()?;
+            let last_record_lsn = self.last_record_lsn();
+            freeze(&mut state, last_record_lsn);
+            state.frozen.clone()
+        };
+        let Some(end_lsn) = frozen.last().map(|layer| layer.end) else {
             return Ok(None);
         };
-        let end_lsn = *end_lsn;
-        let mut layer_start = self.remote_consistent_lsn();
-        assert!(
-            transactions[0].0 > layer_start,
-            "not-uploaded transactions overlap uploaded ones"
-        );
-        let mut layers = uploads.layers.clone();
-        for chunk in cut_into_layers(&transactions, self.delta_layer_bytes_target) {
-            let layer_end = chunk.last().expect("chunks are not empty").0;
-            let bytes = layer::encode(layer_start, layer_end, chunk);
-            let desc = LayerDesc {
-                start_lsn: layer_start.0,
-                end_lsn: layer_end.0,
+        let mut manifest = uploads.manifest.clone();
+        let mut added = Vec::with_capacity(frozen.len());
+        for layer in &frozen {
+            assert_eq!(
+                Lsn(manifest.remote_consistent_lsn),
+                layer.start,
+                "frozen layers continue the uploaded ones"
+            );
+            let entries = layer.store.delta_entries();
+            let dropped = layer.store.dropped_tables();
+            let bytes = delta_layer::encode(layer.start, layer.end, &entries, &dropped)?;
+            let mut tables: BTreeSet<u32> = dropped.iter().map(|(table, _)| *table).collect();
+            for entry in &entries {
+                let table_id: [u8; 4] = entry.key[..4]
+                    .try_into()
+                    .expect("timeline keys have a table id");
+                tables.insert(u32::from_be_bytes(table_id));
+            }
+            let desc = LayerDesc::Delta {
+                start_lsn: layer.start.0,
+                end_lsn: layer.end.0,
                 generation: self.generation,
                 size_bytes: bytes.len() as u64,
+                tables: tables.into_iter().collect(),
             };
             let key = remote_layout::layer_key(self.tenant_id, self.timeline_id, &desc);
-            self.remote.put(&key, bytes, PutMode::Overwrite).await?;
-            layers.push(desc);
-            layer_start = layer_end;
+            self.put_layer_file(&key, bytes).await?;
+            for (table, lsn) in dropped {
+                if !manifest.dropped_tables.iter().any(|d| d.table == table) {
+                    manifest
+                        .dropped_tables
+                        .push(DroppedTable { table, lsn: lsn.0 });
+                }
+            }
+            manifest.layers.push(desc.clone());
+            manifest.remote_consistent_lsn = layer.end.0;
+            added.push(desc);
         }
-        let manifest = Manifest {
-            tenant: self.tenant_id.to_string(),
-            timeline: self.timeline_id.to_string(),
-            generation: self.generation,
-            remote_consistent_lsn: end_lsn.0,
-            layers,
-        };
-        let key = remote_layout::index_key(self.tenant_id, self.timeline_id, self.generation);
-        self.remote
-            .put(&key, manifest.encode(), PutMode::Overwrite)
-            .await?;
-        uploads.layers = manifest.layers;
+        self.write_manifest(&mut uploads, manifest).await?;
         {
             let mut state = self.write_state()?;
-            let n_uploaded = state
-                .not_uploaded
-                .partition_point(|(lsn, _)| *lsn <= end_lsn);
-            assert_eq!(n_uploaded, transactions.len());
-            state.not_uploaded.drain(..n_uploaded);
+            state.layers = Arc::new(state.layers.with(&added, &[]));
+            state.frozen.drain(..frozen.len());
         }
         self.remote_consistent_lsn.send_replace(end_lsn);
         tracing::debug!(
@@ -288,95 +448,209 @@ impl Timeline {
         Ok(Some(end_lsn))
     }
 
+    /// Writes image layers at `remote_consistent_lsn` for every table with at least
+    /// `compaction_delta_layers_min` delta layers above its newest image, then the index
+    /// naming them. Returns the tables imaged. Older layers stay (garbage collection decides
+    /// what no reader still needs).
+    pub async fn compact(&self) -> Result<Vec<u32>> {
+        let mut uploads = self.uploads.lock().await;
+        let mut manifest = uploads.manifest.clone();
+        let lsn = manifest.remote_consistent_lsn();
+        let mut newest_image: BTreeMap<u32, u64> = BTreeMap::new();
+        for layer in &manifest.layers {
+            if let LayerDesc::Image { table, lsn, .. } = layer {
+                let newest = newest_image.entry(*table).or_insert(*lsn);
+                *newest = (*newest).max(*lsn);
+            }
+        }
+        let mut deltas_above: BTreeMap<u32, usize> = BTreeMap::new();
+        for layer in &manifest.layers {
+            if let LayerDesc::Delta {
+                end_lsn, tables, ..
+            } = layer
+            {
+                for table in tables {
+                    if newest_image.get(table).is_none_or(|image| end_lsn > image) {
+                        *deltas_above.entry(*table).or_default() += 1;
+                    }
+                }
+            }
+        }
+        let dropped: BTreeSet<u32> = manifest.dropped_tables.iter().map(|d| d.table).collect();
+        let tables: Vec<u32> = deltas_above
+            .into_iter()
+            .filter(|(table, n)| *n >= self.compaction_delta_layers_min && !dropped.contains(table))
+            .map(|(table, _)| table)
+            .collect();
+        if tables.is_empty() {
+            return Ok(tables);
+        }
+        let layers = self.read_state()?.layers.clone();
+        let mut added = Vec::with_capacity(tables.len());
+        let mut catalog: Option<Vec<TableDef>> = None;
+        for table in &tables {
+            let rows = self.scan_table(&layers, *table, lsn).await?;
+            let bytes = image_layer::encode(lsn, &rows)?;
+            let size_bytes = bytes.len() as u64;
+            // User tables also get column pages, from their definition at the same LSN.
+            let mut column_pages = None;
+            if *table >= FIRST_USER_TABLE_ID {
+                if catalog.is_none() {
+                    catalog = Some(self.table_defs(&layers, lsn).await?);
+                }
+                let def = catalog.iter().flatten().find(|def| def.id == *table);
+                match def.map(|def| column_pages::encode(def, &rows)).transpose() {
+                    Ok(encoded) => column_pages = encoded,
+                    Err(err) => tracing::warn!(
+                        "timeline {}: no column pages for table {table} at LSN {lsn}: {err}",
+                        self.timeline_id
+                    ),
+                }
+            }
+            let desc = LayerDesc::Image {
+                table: *table,
+                lsn: lsn.0,
+                generation: self.generation,
+                size_bytes,
+                column_bytes: column_pages.as_ref().map(|bytes| bytes.len() as u64),
+            };
+            if let (Some(bytes), Some(key)) = (
+                column_pages,
+                remote_layout::column_key(self.tenant_id, self.timeline_id, &desc),
+            ) {
+                self.put_layer_file(&key, bytes).await?;
+            }
+            let key = remote_layout::layer_key(self.tenant_id, self.timeline_id, &desc);
+            self.put_layer_file(&key, bytes).await?;
+            manifest.layers.push(desc.clone());
+            added.push(desc);
+        }
+        self.write_manifest(&mut uploads, manifest).await?;
+        let mut state = self.write_state()?;
+        state.layers = Arc::new(state.layers.with(&added, &[]));
+        tracing::debug!(
+            "timeline {}: image layers at LSN {lsn} for tables {tables:?}",
+            self.timeline_id
+        );
+        Ok(tables)
+    }
+
+    /// Every row of `table` at `lsn` in `layers` (which hold everything up to `lsn`).
+    async fn scan_table(
+        &self,
+        layers: &LayerSet,
+        table: u32,
+        lsn: Lsn,
+    ) -> Result<Vec<(Bytes, Bytes)>> {
+        let mut rows = Vec::new();
+        let mut after: Option<Bytes> = None;
+        loop {
+            let page = layers
+                .scan_step(
+                    &self.storage,
+                    table,
+                    (None, None),
+                    lsn,
+                    after.as_deref(),
+                    &MemoryRange::default(),
+                    UNLIMITED_SCAN,
+                )
+                .await?;
+            rows.extend(page.rows);
+            match page.resume_after {
+                Some(key) => after = Some(key),
+                None => return Ok(rows),
+            }
+        }
+    }
+
+    /// The table definitions in the catalog at `lsn`; rows that do not decode are skipped
+    /// with a warning (their tables get no column pages).
+    async fn table_defs(&self, layers: &LayerSet, lsn: Lsn) -> Result<Vec<TableDef>> {
+        let rows = self.scan_table(layers, CATALOG_TABLE_ID, lsn).await?;
+        let mut defs = Vec::with_capacity(rows.len());
+        for (name, value) in rows {
+            match TableDef::decode(&value) {
+                Ok(def) => defs.push(def),
+                Err(err) => tracing::warn!(
+                    "timeline {}: catalog row {:?} at LSN {lsn}: {err}",
+                    self.timeline_id,
+                    String::from_utf8_lossy(&name)
+                ),
+            }
+        }
+        Ok(defs)
+    }
+
+    /// Uploads a layer file create-only. A file of this name from an earlier, failed attempt
+    /// of this generation holds the same bytes (layers are a function of the frozen WAL or
+    /// of the state at an LSN) and is accepted; different bytes are an error.
+    async fn put_layer_file(&self, key: &str, bytes: Bytes) -> Result<()> {
+        match self
+            .storage
+            .remote
+            .put(key, bytes.clone(), PutMode::CreateNew)
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(err) if err.is_already_exists() => {
+                let existing = self.storage.remote.get(key, LAYER_FILE_BYTES_MAX).await?;
+                if existing == bytes {
+                    Ok(())
+                } else {
+                    Err(PageserverError::Internal(format!(
+                        "layer file {key} already exists with other contents"
+                    )))
+                }
+            }
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    /// Replaces this generation's index, on condition that it is still the one last written
+    /// (a compare-and-swap on its object version; refused if anything else wrote it).
+    async fn write_manifest(&self, uploads: &mut UploadState, manifest: Manifest) -> Result<()> {
+        let key = remote_layout::index_key(self.tenant_id, self.timeline_id, self.generation);
+        let expected = Expected::Version(uploads.manifest_version.clone());
+        uploads.manifest_version = self
+            .storage
+            .remote
+            .put_if(&key, manifest.encode(), expected)
+            .await?;
+        uploads.manifest = manifest;
+        Ok(())
+    }
+
     #[cfg(test)]
     pub(crate) fn set_delta_layer_bytes_target(&mut self, bytes: usize) {
         self.delta_layer_bytes_target = bytes;
+    }
+
+    #[cfg(test)]
+    pub(crate) fn set_compaction_delta_layers_min(&mut self, n: usize) {
+        self.compaction_delta_layers_min = n;
+    }
+
+    #[cfg(test)]
+    pub(crate) async fn manifest(&self) -> Manifest {
+        self.uploads.lock().await.manifest.clone()
+    }
+}
+
+/// Moves the open in-memory layer to the frozen ones if it holds anything up to `end`.
+fn freeze(state: &mut TimelineState, end: Lsn) {
+    if end > state.open_start {
+        let store = std::mem::take(&mut state.open);
+        let start = state.open_start;
+        state
+            .frozen
+            .push(Arc::new(FrozenLayer { store, start, end }));
+        state.open_start = end;
     }
 }
 
 fn poisoned() -> PageserverError {
     PageserverError::Internal("timeline state lock poisoned by an earlier panic".into())
-}
-
-/// Names the object a corruption was found in.
-fn at_key(error: PageserverError, key: &str) -> PageserverError {
-    match error {
-        PageserverError::Corrupt { what, reason } => {
-            PageserverError::corrupt(format!("{what} {key}"), reason)
-        }
-        other => other,
-    }
-}
-
-/// Downloads, verifies and applies one layer of the index.
-async fn load_layer(
-    remote: &RemoteStorage,
-    tenant_id: TenantId,
-    timeline_id: TimelineId,
-    desc: &LayerDesc,
-    store: &mut Store,
-) -> Result<()> {
-    let key = remote_layout::layer_key(tenant_id, timeline_id, desc);
-    let bytes = remote.get(&key, LAYER_FILE_BYTES_MAX).await?;
-    if bytes.len() as u64 != desc.size_bytes {
-        let reason = format!("{} bytes, the index says {}", bytes.len(), desc.size_bytes);
-        return Err(PageserverError::corrupt(
-            format!("delta layer {key}"),
-            reason,
-        ));
-    }
-    let layer = layer::decode(&bytes).map_err(|e| at_key(e, &key))?;
-    if (layer.start_lsn.0, layer.end_lsn.0) != (desc.start_lsn, desc.end_lsn) {
-        let reason = format!(
-            "holds {}..{}, not what its name says",
-            layer.start_lsn, layer.end_lsn
-        );
-        return Err(PageserverError::corrupt(
-            format!("delta layer {key}"),
-            reason,
-        ));
-    }
-    // The index checked that layers are contiguous and the layer that its LSNs lie in its
-    // range, so they are above everything applied so far.
-    for (lsn, txn) in &layer.transactions {
-        store.apply(*lsn, txn);
-    }
-    Ok(())
-}
-
-/// An estimate of a transaction's size in a layer file.
-fn transaction_bytes(txn: &Transaction) -> usize {
-    20 + txn
-        .ops
-        .iter()
-        .map(|op| match op {
-            Op::Put { key, value, .. } => 13 + key.len() + value.len(),
-            Op::Delete { key, .. } => 9 + key.len(),
-            Op::DropTable { .. } => 5,
-        })
-        .sum::<usize>()
-}
-
-/// Consecutive runs of transactions of about `bytes_target` each (never empty).
-fn cut_into_layers(
-    transactions: &[(Lsn, Transaction)],
-    bytes_target: usize,
-) -> Vec<&[(Lsn, Transaction)]> {
-    let mut chunks = Vec::new();
-    let mut chunk_start = 0;
-    let mut n_bytes = 0;
-    for (idx, (_, txn)) in transactions.iter().enumerate() {
-        n_bytes += transaction_bytes(txn);
-        if n_bytes >= bytes_target {
-            chunks.push(&transactions[chunk_start..=idx]);
-            chunk_start = idx + 1;
-            n_bytes = 0;
-        }
-    }
-    if chunk_start < transactions.len() {
-        chunks.push(&transactions[chunk_start..]);
-    }
-    chunks
 }
 
 #[cfg(test)]
