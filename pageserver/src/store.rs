@@ -288,7 +288,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_util::Rng;
+    use crate::test_util::{replay, Rng};
 
     const UNLIMITED: ScanLimits = ScanLimits {
         rows_max: usize::MAX,
@@ -427,35 +427,6 @@ mod tests {
                 ops: vec![],
             },
         );
-    }
-
-    /// The naive model: replay every transaction with commit LSN <= `lsn` from scratch.
-    fn replay(history: &[(Lsn, Transaction)], lsn: Lsn) -> BTreeMap<(u32, Bytes), Bytes> {
-        let mut rows = BTreeMap::new();
-        let mut dropped = std::collections::HashSet::new();
-        for (commit_lsn, txn) in history
-            .iter()
-            .take_while(|(commit_lsn, _)| *commit_lsn <= lsn)
-        {
-            let _ = commit_lsn;
-            for op in &txn.ops {
-                match op {
-                    Op::Put { table, .. } | Op::Delete { table, .. } if dropped.contains(table) => {
-                    }
-                    Op::Put { table, key, value } => {
-                        rows.insert((*table, key.clone()), value.clone());
-                    }
-                    Op::Delete { table, key } => {
-                        rows.remove(&(*table, key.clone()));
-                    }
-                    Op::DropTable { table } => {
-                        dropped.insert(*table);
-                        rows.retain(|(row_table, _), _| row_table != table);
-                    }
-                }
-            }
-        }
-        rows
     }
 
     fn random_key(rng: &mut Rng) -> Bytes {

@@ -1,5 +1,5 @@
-//! Helpers shared by the crate's tests: a seeded random generator, unique temp folders and
-//! random transaction histories.
+//! Helpers shared by the crate's tests: a seeded random generator, unique temp folders,
+//! random transaction histories and the naive replay model they are checked against.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -84,4 +84,35 @@ pub fn block_on<F: std::future::Future>(future: F) -> F::Output {
         .build()
         .expect("building a test runtime")
         .block_on(future)
+}
+
+/// The naive model of a timeline: replays every transaction with commit LSN <= `lsn` from
+/// scratch (a dropped table loses its rows and ignores later operations).
+pub fn replay(
+    history: &[(Lsn, Transaction)],
+    lsn: Lsn,
+) -> std::collections::BTreeMap<(u32, Bytes), Bytes> {
+    let mut rows = std::collections::BTreeMap::new();
+    let mut dropped = std::collections::BTreeSet::new();
+    for (_, txn) in history
+        .iter()
+        .take_while(|(commit_lsn, _)| *commit_lsn <= lsn)
+    {
+        for op in &txn.ops {
+            match op {
+                Op::Put { table, .. } | Op::Delete { table, .. } if dropped.contains(table) => {}
+                Op::Put { table, key, value } => {
+                    rows.insert((*table, key.clone()), value.clone());
+                }
+                Op::Delete { table, key } => {
+                    rows.remove(&(*table, key.clone()));
+                }
+                Op::DropTable { table } => {
+                    dropped.insert(*table);
+                    rows.retain(|(row_table, _), _| row_table != table);
+                }
+            }
+        }
+    }
+    rows
 }

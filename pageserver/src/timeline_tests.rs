@@ -4,7 +4,7 @@
 
 use super::*;
 use crate::block_cache::{BlockCache, BlockCacheConfig};
-use crate::test_util::{random_history, temp_dir, Rng};
+use crate::test_util::{random_history, replay, temp_dir, Rng};
 
 const UNLIMITED: ScanLimits = ScanLimits {
     rows_max: usize::MAX,
@@ -333,33 +333,6 @@ async fn wait_lsn_waits_for_ingest_or_times_out() {
         )
     );
     std::fs::remove_dir_all(&root).unwrap();
-}
-
-/// The naive model: replay every transaction with commit LSN <= `lsn` from scratch.
-fn replay(history: &[(Lsn, Transaction)], lsn: Lsn) -> BTreeMap<(u32, Bytes), Bytes> {
-    let mut rows = BTreeMap::new();
-    let mut dropped = BTreeSet::new();
-    for (_, txn) in history
-        .iter()
-        .take_while(|(commit_lsn, _)| *commit_lsn <= lsn)
-    {
-        for op in &txn.ops {
-            match op {
-                Op::Put { table, .. } | Op::Delete { table, .. } if dropped.contains(table) => {}
-                Op::Put { table, key, value } => {
-                    rows.insert((*table, key.clone()), value.clone());
-                }
-                Op::Delete { table, key } => {
-                    rows.remove(&(*table, key.clone()));
-                }
-                Op::DropTable { table } => {
-                    dropped.insert(*table);
-                    rows.retain(|(row_table, _), _| row_table != table);
-                }
-            }
-        }
-    }
-    rows
 }
 
 /// Checks gets and scans (random ranges, random limits) at `lsn` against the model.
