@@ -141,7 +141,8 @@ impl LayerFile {
 /// Names the object a corruption was found in.
 pub(crate) fn at_key(error: PageserverError, key: &str) -> PageserverError {
     match error {
-        PageserverError::Corrupt { what, reason } => {
+        // Errors from the block cache name the key already.
+        PageserverError::Corrupt { what, reason } if !what.contains(key) => {
             PageserverError::corrupt(format!("{what} {key}"), reason)
         }
         other => other,
