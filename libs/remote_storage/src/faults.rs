@@ -223,6 +223,94 @@ impl ObjectStore for FaultyStore {
     }
 }
 
+/// The rules of conditional puts, checked on any store: create with `Absent`, update with
+/// the right version, refusals (stale version, `Absent` on an existing key, a version on a
+/// `missing_key`) that leave the object as it was and name the key, then `n_quick_writes`
+/// updates with other bytes of the same size, each giving a new version that a read returns.
+/// Returns every version seen (the last is current) and the bytes last written.
+#[cfg(test)]
+pub(crate) async fn check_conditional_put_rules(
+    remote: &crate::RemoteStorage,
+    key: &str,
+    missing_key: &str,
+    n_quick_writes: u32,
+) -> (Vec<crate::ObjectVersion>, Bytes) {
+    use crate::Expected;
+    let v1 = remote
+        .put_if(key, Bytes::from_static(b"one"), Expected::Absent)
+        .await
+        .unwrap();
+    let (bytes, read) = remote.get_with_version(key, 100).await.unwrap();
+    assert_eq!((bytes, &read), (Bytes::from_static(b"one"), &v1));
+    let v2 = remote
+        .put_if(
+            key,
+            Bytes::from_static(b"two"),
+            Expected::Version(v1.clone()),
+        )
+        .await
+        .unwrap();
+    assert_ne!(v1, v2);
+    assert_eq!(remote.get_with_version(key, 100).await.unwrap().1, v2);
+
+    let stale = remote
+        .put_if(
+            key,
+            Bytes::from_static(b"three"),
+            Expected::Version(v1.clone()),
+        )
+        .await
+        .unwrap_err();
+    assert!(refused(&stale, key), "{stale}");
+    let exists = remote
+        .put_if(key, Bytes::from_static(b"four"), Expected::Absent)
+        .await
+        .unwrap_err();
+    assert!(refused(&exists, key), "{exists}");
+    assert_eq!(remote.get(key, 100).await.unwrap(), "two");
+    let missing = remote
+        .put_if(
+            missing_key,
+            Bytes::from_static(b"x"),
+            Expected::Version(v2.clone()),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        missing.is_precondition_failed() && missing.to_string().contains(missing_key),
+        "{missing}"
+    );
+    assert!(remote
+        .get(missing_key, 100)
+        .await
+        .unwrap_err()
+        .is_not_found());
+
+    // Other bytes of the same size in quick succession: every version differs, and each is
+    // the one a read returns.
+    let mut versions = vec![v1, v2.clone()];
+    let mut last = v2;
+    let mut last_bytes = Bytes::from_static(b"two");
+    for i in 0..n_quick_writes {
+        last_bytes = Bytes::from(format!("{i:08}"));
+        last = remote
+            .put_if(key, last_bytes.clone(), Expected::Version(last.clone()))
+            .await
+            .unwrap();
+        assert_eq!(remote.get_with_version(key, 100).await.unwrap().1, last);
+        versions.push(last.clone());
+    }
+    let distinct: std::collections::HashSet<_> = versions.iter().collect();
+    assert_eq!(distinct.len(), versions.len(), "a version came back");
+    (versions, last_bytes)
+}
+
+/// A conditional put refused for its precondition, with the key in the message.
+#[cfg(test)]
+pub(crate) fn refused(error: &crate::RemoteStorageError, key: &str) -> bool {
+    error.is_precondition_failed() && !error.is_already_exists() && error.to_string().contains(key)
+}
+
 /// The create-only scenario the fault tests run over any store: `n_objects` create-only puts,
 /// then a second create-only put of other bytes onto each, then, with the faults healed,
 /// checks that every put reported as done stored our bytes, that no object was replaced,

@@ -1229,84 +1229,12 @@ mod tests {
         let root = temp_dir("conditional");
         let remote = RemoteStorage::local(&root).unwrap();
         let key = "t/index";
-        let v1 = remote
-            .put_if(key, Bytes::from_static(b"one"), Expected::Absent)
-            .await
-            .unwrap();
-        let (bytes, read) = remote.get_with_version(key, 100).await.unwrap();
-        assert_eq!((bytes, &read), (Bytes::from_static(b"one"), &v1));
-        let v2 = remote
-            .put_if(
-                key,
-                Bytes::from_static(b"two"),
-                Expected::Version(v1.clone()),
-            )
-            .await
-            .unwrap();
-        assert_ne!(v1, v2);
-        assert_eq!(remote.get_with_version(key, 100).await.unwrap().1, v2);
-
-        let refused = |e: &RemoteStorageError| {
-            e.is_precondition_failed() && !e.is_already_exists() && e.to_string().contains(key)
-        };
-        let stale = remote
-            .put_if(
-                key,
-                Bytes::from_static(b"three"),
-                Expected::Version(v1.clone()),
-            )
-            .await
-            .unwrap_err();
-        assert!(refused(&stale), "{stale}");
-        let exists = remote
-            .put_if(key, Bytes::from_static(b"four"), Expected::Absent)
-            .await
-            .unwrap_err();
-        assert!(refused(&exists), "{exists}");
-        assert_eq!(remote.get(key, 100).await.unwrap(), "two");
-        let missing = remote
-            .put_if(
-                "t/missing",
-                Bytes::from_static(b"x"),
-                Expected::Version(v2.clone()),
-            )
-            .await
-            .unwrap_err();
-        assert!(
-            missing.is_precondition_failed() && missing.to_string().contains("t/missing"),
-            "{missing}"
-        );
-        assert!(remote
-            .get("t/missing", 100)
-            .await
-            .unwrap_err()
-            .is_not_found());
-
-        // Writes of other bytes of the same size in quick succession: every version differs,
-        // and each is the one a read returns.
-        let mut versions = vec![v1, v2.clone()];
-        let mut last = v2;
-        for i in 0..50 {
-            last = remote
-                .put_if(
-                    key,
-                    Bytes::from(format!("{i:08}")),
-                    Expected::Version(last.clone()),
-                )
-                .await
-                .unwrap();
-            assert_eq!(remote.get_with_version(key, 100).await.unwrap().1, last);
-            versions.push(last.clone());
-        }
-        let distinct: std::collections::HashSet<_> = versions.iter().collect();
-        assert_eq!(distinct.len(), versions.len(), "a version came back");
+        let (versions, last_bytes) =
+            faults::check_conditional_put_rules(&remote, key, "t/missing", 50).await;
+        let last = versions.last().unwrap().clone();
         // Equal bytes, equal version (the version is a content hash).
         let again = remote
-            .put_if(
-                key,
-                Bytes::from("00000049"),
-                Expected::Version(last.clone()),
-            )
+            .put_if(key, last_bytes, Expected::Version(last.clone()))
             .await
             .unwrap();
         assert_eq!(again, last);
@@ -1321,7 +1249,7 @@ mod tests {
             .put_if(key, Bytes::from_static(b"late"), Expected::Version(last))
             .await
             .unwrap_err();
-        assert!(refused(&after_plain), "{after_plain}");
+        assert!(faults::refused(&after_plain, key), "{after_plain}");
         assert_eq!(remote.get(key, 100).await.unwrap(), "plain");
 
         // The lock files are where the module documentation says, and never listed.

@@ -272,76 +272,9 @@ async fn conditional_puts_over_s3() {
     let moto = moto("conditional");
     let remote = storage(&moto, PREFIX);
     let key = "t/index";
-    let v1 = remote
-        .put_if(key, Bytes::from_static(b"one"), Expected::Absent)
-        .await
-        .unwrap();
-    let (bytes, read) = remote.get_with_version(key, 100).await.unwrap();
-    assert_eq!((bytes, &read), (Bytes::from_static(b"one"), &v1));
-    let v2 = remote
-        .put_if(
-            key,
-            Bytes::from_static(b"two"),
-            Expected::Version(v1.clone()),
-        )
-        .await
-        .unwrap();
-    assert_ne!(v1, v2);
-    assert_eq!(remote.get_with_version(key, 100).await.unwrap().1, v2);
-
-    let refused = |e: &RemoteStorageError| {
-        e.is_precondition_failed() && !e.is_already_exists() && e.to_string().contains(key)
-    };
-    let stale = remote
-        .put_if(
-            key,
-            Bytes::from_static(b"three"),
-            Expected::Version(v1.clone()),
-        )
-        .await
-        .unwrap_err();
-    assert!(refused(&stale), "{stale}");
-    let exists = remote
-        .put_if(key, Bytes::from_static(b"four"), Expected::Absent)
-        .await
-        .unwrap_err();
-    assert!(refused(&exists), "{exists}");
-    assert_eq!(remote.get(key, 100).await.unwrap(), "two");
-    let missing = remote
-        .put_if(
-            "t/missing",
-            Bytes::from_static(b"x"),
-            Expected::Version(v2.clone()),
-        )
-        .await
-        .unwrap_err();
-    assert!(
-        missing.is_precondition_failed() && missing.to_string().contains("t/missing"),
-        "{missing}"
-    );
-    assert!(remote
-        .get("t/missing", 100)
-        .await
-        .unwrap_err()
-        .is_not_found());
-
-    // Other bytes of the same size in quick succession: every version differs.
-    let mut versions = vec![v1, v2.clone()];
-    let mut last = v2;
-    for i in 0..10 {
-        last = remote
-            .put_if(
-                key,
-                Bytes::from(format!("{i:08}")),
-                Expected::Version(last.clone()),
-            )
-            .await
-            .unwrap();
-        versions.push(last.clone());
-    }
-    assert_eq!(remote.get_with_version(key, 100).await.unwrap().1, last);
-    let distinct: std::collections::HashSet<_> = versions.iter().collect();
-    assert_eq!(distinct.len(), versions.len(), "a version came back");
+    let (versions, _) =
+        crate::faults::check_conditional_put_rules(&remote, key, "t/missing", 10).await;
+    let last = versions.last().unwrap().clone();
 
     // A plain put through another store object: the old version is stale.
     storage(&moto, PREFIX)
@@ -352,7 +285,7 @@ async fn conditional_puts_over_s3() {
         .put_if(key, Bytes::from_static(b"late"), Expected::Version(last))
         .await
         .unwrap_err();
-    assert!(refused(&after_plain), "{after_plain}");
+    assert!(crate::faults::refused(&after_plain, key), "{after_plain}");
     assert_eq!(remote.get(key, 100).await.unwrap(), "plain");
     let stats = remote.stats();
     assert_eq!(stats.conditional_puts, 2 + 3 + 10 + 1, "{stats:?}");
