@@ -267,16 +267,17 @@ impl LayerSet {
         let mut page = ScanPage::default();
         let (start, end) = range;
         let lower = scan_lower_bound(start, after_key);
+        let range_end = match end {
+            Some(end) => Some(timeline_key(table, end)),
+            None => KeyRange::table(table).end,
+        };
         let mut keys = KeyRange {
             start: match lower {
                 Bound::Included(key) => timeline_key(table, key),
                 Bound::Excluded(key) => successor(timeline_key(table, key)),
                 Bound::Unbounded => timeline_key(table, &[]),
             },
-            end: match end {
-                Some(end) => Some(timeline_key(table, end)),
-                None => KeyRange::table(table).end,
-            },
+            end: range_end.clone(),
         };
         if let Some(covered) = &memory.covered_to {
             let limit = successor(timeline_key(table, covered));
@@ -360,10 +361,6 @@ impl LayerSet {
         // The range is done, unless the memory layers covered only part of it.
         if let Some(covered) = &memory.covered_to {
             let covered_end = successor(timeline_key(table, covered));
-            let range_end = match end {
-                Some(end) => Some(timeline_key(table, end)),
-                None => KeyRange::table(table).end,
-            };
             if range_end.is_none_or(|end| covered_end < end) {
                 page.resume_after = Some(covered.clone());
             }

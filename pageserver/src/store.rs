@@ -288,7 +288,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_util::{replay, Rng};
+    use crate::test_util::{model_range, replay, Rng};
 
     const UNLIMITED: ScanLimits = ScanLimits {
         rows_max: usize::MAX,
@@ -482,15 +482,7 @@ mod tests {
                     }
                     let start = (rng.below(3) > 0).then(|| random_key(&mut rng));
                     let end = (rng.below(3) > 0).then(|| random_key(&mut rng));
-                    let want: Vec<(Bytes, Bytes)> = expected
-                        .iter()
-                        .filter(|((row_table, key), _)| {
-                            *row_table == table
-                                && start.as_ref().is_none_or(|start| key >= start)
-                                && end.as_ref().is_none_or(|end| key < end)
-                        })
-                        .map(|((_, key), value)| (key.clone(), value.clone()))
-                        .collect();
+                    let want = model_range(&expected, table, start.as_ref(), end.as_ref());
                     let limits = ScanLimits {
                         rows_max: rng.below(4) as usize,
                         bytes_max: rng.below(12) as usize,

@@ -116,3 +116,21 @@ pub fn replay(
     }
     rows
 }
+
+/// The rows of `table` with `start <= key < end` (unbounded where `None`) in a replayed state.
+pub fn model_range(
+    expected: &std::collections::BTreeMap<(u32, Bytes), Bytes>,
+    table: u32,
+    start: Option<&Bytes>,
+    end: Option<&Bytes>,
+) -> Vec<(Bytes, Bytes)> {
+    expected
+        .iter()
+        .filter(|((row_table, key), _)| {
+            *row_table == table
+                && start.is_none_or(|start| key >= start)
+                && end.is_none_or(|end| key < end)
+        })
+        .map(|((_, key), value)| (key.clone(), value.clone()))
+        .collect()
+}

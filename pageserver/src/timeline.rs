@@ -310,8 +310,7 @@ impl Timeline {
             {
                 return Ok(None);
             }
-            let memory = std::iter::once(&state.open)
-                .chain(state.frozen.iter().rev().map(|frozen| &frozen.store));
+            let memory = state.memory_layers();
             for store in memory {
                 if let Some((_, value)) = store.newest_version(table, key, lsn) {
                     return Ok(value);
@@ -348,8 +347,7 @@ impl Timeline {
             let mut covered_to: Option<Bytes> = None;
             // Newest layer first: the first version found for a key is the one visible.
             let mut entries: BTreeMap<Bytes, Option<Bytes>> = BTreeMap::new();
-            let memory = std::iter::once(&state.open)
-                .chain(state.frozen.iter().rev().map(|frozen| &frozen.store));
+            let memory = state.memory_layers();
             for store in memory {
                 let (found, covered) = store.newest_versions_in_range(
                     table,
@@ -634,6 +632,13 @@ impl Timeline {
     #[cfg(test)]
     pub(crate) async fn manifest(&self) -> Manifest {
         self.uploads.lock().await.manifest.clone()
+    }
+}
+
+impl TimelineState {
+    /// The in-memory layers, newest first: the first version found for a key is the newest.
+    fn memory_layers(&self) -> impl Iterator<Item = &Store> {
+        std::iter::once(&self.open).chain(self.frozen.iter().rev().map(|frozen| &frozen.store))
     }
 }
 

@@ -4,7 +4,7 @@
 
 use super::*;
 use crate::block_cache::{BlockCache, BlockCacheConfig};
-use crate::test_util::{random_history, replay, temp_dir, Rng};
+use crate::test_util::{model_range, random_history, replay, temp_dir, Rng};
 
 const UNLIMITED: ScanLimits = ScanLimits {
     rows_max: usize::MAX,
@@ -359,15 +359,7 @@ async fn check_reads(
                 .then(|| Bytes::from_static(KEYS[rng.below(KEYS.len() as u64) as usize].as_bytes()))
         };
         let (start, end) = (random_bound(rng), random_bound(rng));
-        let want: Vec<(Bytes, Bytes)> = expected
-            .iter()
-            .filter(|((row_table, key), _)| {
-                *row_table == table
-                    && start.as_ref().is_none_or(|start| key >= start)
-                    && end.as_ref().is_none_or(|end| key < end)
-            })
-            .map(|((_, key), value)| (key.clone(), value.clone()))
-            .collect();
+        let want = model_range(&expected, table, start.as_ref(), end.as_ref());
         let limits = ScanLimits {
             rows_max: rng.below(4) as usize,
             bytes_max: rng.below(30) as usize,
