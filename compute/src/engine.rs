@@ -263,8 +263,13 @@ impl Engine {
                 .iter()
                 .map(|&table| Op::DropTable { table }),
         );
+        let commit_time_us = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|since| since.as_micros() as u64)
+            .unwrap_or(0);
         let record = wal::encode_record(&Transaction {
             xid: self.unique_id(),
+            commit_time_us,
             ops,
         })
         .map_err(|e| {

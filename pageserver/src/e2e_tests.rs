@@ -43,6 +43,7 @@ impl Wal {
     fn commit(&mut self, ops: Vec<Op>) -> Lsn {
         let record = wal::encode_record(&Transaction {
             xid: self.bytes.len() as u64,
+            commit_time_us: 0,
             ops,
         })
         .unwrap();

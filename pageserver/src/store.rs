@@ -332,6 +332,7 @@ mod tests {
             Lsn(10),
             &Transaction {
                 xid: 1,
+                commit_time_us: 0,
                 ops: vec![put(1, "a", "1"), put(1, "b", "1"), put(2, "x", "1")],
             },
         );
@@ -339,6 +340,7 @@ mod tests {
             Lsn(20),
             &Transaction {
                 xid: 2,
+                commit_time_us: 0,
                 ops: vec![
                     put(1, "a", "2"),
                     Op::Delete {
@@ -352,6 +354,7 @@ mod tests {
             Lsn(30),
             &Transaction {
                 xid: 3,
+                commit_time_us: 0,
                 ops: vec![
                     put(2, "y", "1"),
                     Op::DropTable { table: 2 },
@@ -363,6 +366,7 @@ mod tests {
             Lsn(40),
             &Transaction {
                 xid: 4,
+                commit_time_us: 0,
                 ops: vec![put(1, "c", "1"), put(1, "c", "2")],
             },
         );
@@ -417,6 +421,7 @@ mod tests {
             Lsn(10),
             &Transaction {
                 xid: 1,
+                commit_time_us: 0,
                 ops: vec![],
             },
         );
@@ -424,6 +429,7 @@ mod tests {
             Lsn(10),
             &Transaction {
                 xid: 2,
+                commit_time_us: 0,
                 ops: vec![],
             },
         );
@@ -463,7 +469,11 @@ mod tests {
                     });
                 }
                 lsn = lsn.add(1 + rng.below(40));
-                let txn = Transaction { xid, ops };
+                let txn = Transaction {
+                    xid,
+                    commit_time_us: 0,
+                    ops,
+                };
                 store.apply(lsn, &txn);
                 history.push((lsn, txn));
             }

@@ -71,7 +71,14 @@ pub fn random_history(rng: &mut Rng, n: usize) -> Vec<(Lsn, Transaction)> {
             });
         }
         lsn = lsn.add(1 + rng.below(100));
-        history.push((lsn, Transaction { xid, ops }));
+        history.push((
+            lsn,
+            Transaction {
+                xid,
+                commit_time_us: 0,
+                ops,
+            },
+        ));
     }
     history
 }

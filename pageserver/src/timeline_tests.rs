@@ -511,7 +511,14 @@ async fn compaction_writes_column_pages_for_user_tables() {
         value: row(id, &format!("first {id}")),
     }));
     timeline
-        .ingest(Lsn(100), Transaction { xid: 1, ops })
+        .ingest(
+            Lsn(100),
+            Transaction {
+                xid: 1,
+                commit_time_us: 0,
+                ops,
+            },
+        )
         .unwrap();
     timeline.checkpoint().await.unwrap();
     let mut ops: Vec<Op> = (0..500)
@@ -527,7 +534,14 @@ async fn compaction_writes_column_pages_for_user_tables() {
         key: key(id),
     }));
     timeline
-        .ingest(Lsn(200), Transaction { xid: 2, ops })
+        .ingest(
+            Lsn(200),
+            Transaction {
+                xid: 2,
+                commit_time_us: 0,
+                ops,
+            },
+        )
         .unwrap();
     timeline.checkpoint().await.unwrap();
     assert_eq!(timeline.compact().await.unwrap(), vec![16]);

@@ -11,6 +11,7 @@ use crate::memory_storage::MemoryStorage;
 fn record(xid: u64, value_bytes: usize) -> Bytes {
     let txn = Transaction {
         xid,
+        commit_time_us: 0,
         ops: vec![Op::Put {
             table: 1,
             key: Bytes::from(xid.to_be_bytes().to_vec()),

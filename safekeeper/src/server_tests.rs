@@ -23,6 +23,7 @@ const ANSWER_TIMEOUT_MS: u64 = 10_000;
 fn record(xid: u64, value_bytes: usize) -> Bytes {
     let txn = Transaction {
         xid,
+        commit_time_us: 0,
         ops: vec![Op::Put {
             table: 5,
             key: Bytes::from(xid.to_be_bytes().to_vec()),

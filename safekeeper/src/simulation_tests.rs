@@ -311,7 +311,12 @@ impl Sim {
             key: Bytes::copy_from_slice(&xid.to_be_bytes()),
             value: Bytes::from_static(b"v"),
         };
-        let record = wal::encode_record(&Transaction { xid, ops: vec![op] }).expect("record");
+        let record = wal::encode_record(&Transaction {
+            xid,
+            commit_time_us: 0,
+            ops: vec![op],
+        })
+        .expect("record");
         let start = Lsn(leader.log.len() as u64);
         leader.log.extend_from_slice(&record);
         let end = Lsn(leader.log.len() as u64);

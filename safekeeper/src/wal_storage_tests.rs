@@ -39,6 +39,7 @@ impl Drop for TempDir {
 fn record(xid: u64, value_bytes: usize) -> Bytes {
     let txn = Transaction {
         xid,
+        commit_time_us: 0,
         ops: vec![Op::Put {
             table: 3,
             key: Bytes::from(xid.to_be_bytes().to_vec()),

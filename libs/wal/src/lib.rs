@@ -10,7 +10,7 @@
 //! ```
 //!
 //! `crc` is CRC32C over the version byte and the body. Every record is one committed
-//! transaction: its xid and all of its row operations. A transaction is therefore atomic in
+//! transaction: its xid, its commit time (version 2 on) and all of its row operations. A transaction is therefore atomic in
 //! the WAL — a reader either has the whole record (the commit) or nothing of it — and the LSN
 //! at the *end* of the record is the transaction's commit LSN. Aborted transactions never
 //! reach the WAL: the compute buffers a transaction's writes until COMMIT.
@@ -24,8 +24,10 @@ use bytes::{BufMut, Bytes, BytesMut};
 use ids::Lsn;
 use wire::{Decoder, Encoder, WireError};
 
-/// Version of the record body encoding.
-pub const RECORD_VERSION: u8 = 1;
+/// Version of the record body encoding written. Version 1 (no commit time) is still read.
+pub const RECORD_VERSION: u8 = 2;
+/// The first version whose records carry a commit time.
+const RECORD_VERSION_COMMIT_TIME: u8 = 2;
 /// Header bytes before each record body: length and checksum.
 pub const RECORD_HEADER_BYTES: usize = 8;
 /// The largest record (one transaction) the WAL accepts.
@@ -59,6 +61,9 @@ pub enum Op {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Transaction {
     pub xid: u64,
+    /// When the compute committed it: microseconds since the Unix epoch, by the compute's
+    /// clock; 0 where unknown (records of version 1).
+    pub commit_time_us: u64,
     pub ops: Vec<Op>,
 }
 
@@ -71,6 +76,7 @@ pub fn encode_record(txn: &Transaction) -> Result<Bytes, WalError> {
     let mut body = Encoder::default();
     body.u8(RECORD_VERSION)
         .u64(txn.xid)
+        .u64(txn.commit_time_us)
         .u32(txn.ops.len() as u32);
     for op in &txn.ops {
         match op {
@@ -166,10 +172,14 @@ pub fn decode_record(data: &[u8], lsn: Lsn) -> Result<Transaction, WalError> {
     };
     let mut decoder = Decoder::new(body, "WAL record");
     let version = decoder.u8().map_err(wire)?;
-    if version != RECORD_VERSION {
+    if version == 0 || version > RECORD_VERSION {
         return Err(corrupt(format!("unsupported record version {version}")));
     }
     let xid = decoder.u64().map_err(wire)?;
+    let commit_time_us = match version >= RECORD_VERSION_COMMIT_TIME {
+        true => decoder.u64().map_err(wire)?,
+        false => 0,
+    };
     let n_ops = decoder.count(5).map_err(wire)?;
     let mut ops = Vec::with_capacity(n_ops);
     for _ in 0..n_ops {
@@ -191,7 +201,11 @@ pub fn decode_record(data: &[u8], lsn: Lsn) -> Result<Transaction, WalError> {
         ops.push(op);
     }
     decoder.finish().map_err(wire)?;
-    Ok(Transaction { xid, ops })
+    Ok(Transaction {
+        xid,
+        commit_time_us,
+        ops,
+    })
 }
 
 /// Splits a stream of WAL bytes into records as they arrive; keeps a partial record until
@@ -240,6 +254,7 @@ mod tests {
     fn sample(xid: u64) -> Transaction {
         Transaction {
             xid,
+            commit_time_us: 1_700_000_000_000_000 + xid,
             ops: vec![
                 Op::Put {
                     table: 7,
@@ -264,6 +279,26 @@ mod tests {
         );
         assert_eq!(decode_record(&record, Lsn(0)).unwrap(), sample(5));
         assert_eq!(check_whole_records(&record, Lsn(0)).unwrap(), 1);
+    }
+
+    #[test]
+    fn version_1_records_are_read_without_a_commit_time() {
+        let mut body = Encoder::default();
+        body.u8(1).u64(42).u32(1).u8(OP_DROP_TABLE).u32(9);
+        let body = body.finish();
+        let mut record = BytesMut::new();
+        record.put_u32(body.len() as u32);
+        record.put_u32(crc32c::crc32c(&body));
+        record.put_slice(&body);
+        let txn = decode_record(&record, Lsn(0)).unwrap();
+        assert_eq!(
+            txn,
+            Transaction {
+                xid: 42,
+                commit_time_us: 0,
+                ops: vec![Op::DropTable { table: 9 }],
+            }
+        );
     }
 
     #[test]
