@@ -40,6 +40,13 @@ enum Command {
         #[arg(long, default_value_t = 10_000)]
         commit_timeout_ms: u64,
     },
+    /// Create, list and delete branches of the cluster that `omendb start` runs on a data
+    /// folder. A branch starts as its parent's data at a point, copying nothing, and has a
+    /// compute (and connection string) of its own; writes to it never reach its parent.
+    Branch {
+        #[command(subcommand)]
+        command: BranchCommand,
+    },
     /// Run one safekeeper (WAL acceptor).
     Safekeeper {
         /// This safekeeper's number in the cluster.
@@ -117,6 +124,43 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum BranchCommand {
+    /// Create branch NAME from PARENT and start its compute. Prints its connection string
+    /// on stdout (and what was created on stderr).
+    Create {
+        /// The new branch's name: lowercase letters, digits, '_' and '-', starting with a
+        /// letter or digit, at most 63 characters.
+        name: String,
+        /// The branch it starts from.
+        #[arg(long, default_value = "main")]
+        parent: String,
+        /// Where on the parent it starts: an LSN (0/16B3748) or an RFC 3339 time in UTC
+        /// (2024-05-01T12:00:00Z; the parent's last commit at or before it). Default: the
+        /// parent's latest commit.
+        #[arg(long)]
+        at: Option<String>,
+        /// Folder of the running cluster (as given to `omendb start`).
+        #[arg(long, default_value = "./.omendb")]
+        data_dir: PathBuf,
+    },
+    /// List main and every branch: name, parent, branch LSN, timeline, connection string.
+    List {
+        /// Folder of the running cluster (as given to `omendb start`).
+        #[arg(long, default_value = "./.omendb")]
+        data_dir: PathBuf,
+    },
+    /// Stop branch NAME's compute and delete its timeline. Refused for main and for a
+    /// branch that other branches start from.
+    Delete {
+        /// The branch to delete.
+        name: String,
+        /// Folder of the running cluster (as given to `omendb start`).
+        #[arg(long, default_value = "./.omendb")]
+        data_dir: PathBuf,
+    },
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
@@ -147,6 +191,18 @@ fn main() -> anyhow::Result<()> {
                 })
                 .await
             }
+            Command::Branch { command } => match command {
+                BranchCommand::Create {
+                    name,
+                    parent,
+                    at,
+                    data_dir,
+                } => control_plane::client::create(&data_dir, &name, &parent, at.as_deref()).await,
+                BranchCommand::List { data_dir } => control_plane::client::list(&data_dir).await,
+                BranchCommand::Delete { name, data_dir } => {
+                    control_plane::client::delete(&data_dir, &name).await
+                }
+            },
             Command::Safekeeper {
                 id,
                 listen,

@@ -26,12 +26,12 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Context;
-use ids::TimelineId;
+use ids::{Lsn, TimelineId};
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
 use crate::engine::Engine;
-use crate::pageserver_client::PageserverClient;
+use crate::pageserver_client::{PageserverClient, PageserverError};
 use crate::walproposer::{ProposerConfig, WalProposer};
 
 pub struct Config {
@@ -42,8 +42,58 @@ pub struct Config {
     pub timeline: TimelineId,
     /// How long COMMIT waits for a safekeeper majority before failing.
     pub commit_timeout: Duration,
-    /// How long start-up may spend winning the election.
+    /// How long start-up may spend learning where the timeline starts (from the
+    /// pageserver) and winning the election, together.
     pub election_timeout: Duration,
+}
+
+/// Pause between attempts to learn the timeline's start from a pageserver that is not
+/// reachable or does not serve the timeline yet.
+pub const TIMELINE_LOOKUP_RETRY_MS: u64 = 200;
+
+/// Where the timeline's WAL starts (its branch LSN; 0 for a root timeline), asked of the
+/// pageserver until `deadline`: an unreachable pageserver, or one that does not serve the
+/// timeline yet (being created, still loading), is asked again. Any other answer fails.
+async fn timeline_start(
+    pageserver: &PageserverClient,
+    timeline: TimelineId,
+    deadline: tokio::time::Instant,
+) -> anyhow::Result<Lsn> {
+    let mut last_warned: Option<String> = None;
+    loop {
+        let error = match pageserver.timeline_info().await {
+            Ok(info) => {
+                info!(%timeline, start_lsn = %info.start_lsn(), "the pageserver serves the timeline");
+                return Ok(info.start_lsn());
+            }
+            Err(
+                e @ (PageserverError::Unavailable { .. }
+                | PageserverError::Remote {
+                    kind: pageserver_api::ErrorKind::UnknownTimeline,
+                    ..
+                }),
+            ) => e,
+            Err(e) => {
+                return Err(e).with_context(|| {
+                    format!("asking the pageserver where timeline {timeline} starts")
+                })
+            }
+        };
+        if tokio::time::Instant::now() >= deadline {
+            return Err(error).with_context(|| {
+                format!(
+                    "the pageserver did not tell where timeline {timeline} starts before the election timeout"
+                )
+            });
+        }
+        // Warn once per distinct reason, not every retry.
+        let reason = error.to_string();
+        if last_warned.as_deref() != Some(reason.as_str()) {
+            warn!("cannot learn where timeline {timeline} starts yet: {reason}; retrying");
+            last_warned = Some(reason);
+        }
+        tokio::time::sleep(Duration::from_millis(TIMELINE_LOOKUP_RETRY_MS)).await;
+    }
 }
 
 /// Becomes the primary for the timeline, then serves PostgreSQL clients until `shutdown`.
@@ -51,16 +101,19 @@ pub async fn run(
     config: Config,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + config.election_timeout;
+    let pageserver = PageserverClient::new(config.pageserver, config.timeline);
+    let start_lsn = timeline_start(&pageserver, config.timeline, deadline).await?;
     let proposer = WalProposer::elect(
         ProposerConfig {
             timeline: config.timeline,
+            start_lsn,
             safekeepers: config.safekeepers.clone(),
         },
-        config.election_timeout,
+        deadline.saturating_duration_since(tokio::time::Instant::now()),
     )
     .await
     .context("becoming the primary")?;
-    let pageserver = PageserverClient::new(config.pageserver, config.timeline);
     let engine = Engine::open(proposer, pageserver, config.commit_timeout)
         .await
         .map_err(|e| anyhow::anyhow!("loading the catalog: {e}"))?;
@@ -90,4 +143,98 @@ pub async fn run(
     }
     info!("compute stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ids::TenantId;
+    use pageserver_api::{ErrorKind, Request, Response, TimelineInfo};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    const TIMELINE: TimelineId = TimelineId([4; 16]);
+
+    /// A stand-in for a pageserver that is still creating or loading the timeline: it
+    /// answers `Status` with `UnknownTimeline` `n_unknown` times, then with a branch of
+    /// another timeline at `branch_lsn`.
+    async fn pageserver_serving_after(n_unknown: usize, branch_lsn: Lsn) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let n_asked = Arc::new(AtomicUsize::new(0));
+        tokio::spawn(async move {
+            loop {
+                let (mut stream, _) = listener.accept().await.unwrap();
+                let n_asked = n_asked.clone();
+                tokio::spawn(async move {
+                    while let Ok(Some(frame)) = wire::read_frame(&mut stream).await {
+                        let response = match Request::decode(&frame).unwrap() {
+                            Request::Status { timeline } => {
+                                if n_asked.fetch_add(1, Ordering::SeqCst) < n_unknown {
+                                    Response::Error {
+                                        kind: ErrorKind::UnknownTimeline,
+                                        message: format!("timeline {timeline} is being created"),
+                                    }
+                                } else {
+                                    Response::Timeline(TimelineInfo {
+                                        tenant: TenantId::from_u128(1),
+                                        timeline,
+                                        ancestor: Some((TimelineId::from_u128(2), branch_lsn)),
+                                        last_record_lsn: branch_lsn,
+                                        remote_consistent_lsn: branch_lsn,
+                                    })
+                                }
+                            }
+                            other => panic!("unexpected request {other:?}"),
+                        };
+                        wire::write_frame(&mut stream, &response.encode())
+                            .await
+                            .unwrap();
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    fn deadline_in(ms: u64) -> tokio::time::Instant {
+        tokio::time::Instant::now() + Duration::from_millis(ms)
+    }
+
+    #[tokio::test]
+    async fn the_timeline_start_is_asked_until_the_pageserver_serves_the_timeline() {
+        let branch_lsn = Lsn(77_000_123);
+        let addr = pageserver_serving_after(3, branch_lsn).await;
+        let pageserver = PageserverClient::new(addr, TIMELINE);
+        let start = timeline_start(&pageserver, TIMELINE, deadline_in(10_000))
+            .await
+            .unwrap();
+        assert_eq!(start, branch_lsn);
+    }
+
+    #[tokio::test]
+    async fn start_up_fails_clearly_when_the_pageserver_never_answers() {
+        // Unknown timeline until the deadline.
+        let addr = pageserver_serving_after(usize::MAX, Lsn(1)).await;
+        let pageserver = PageserverClient::new(addr, TIMELINE);
+        let err = timeline_start(&pageserver, TIMELINE, deadline_in(500))
+            .await
+            .unwrap_err();
+        let message = format!("{err:#}");
+        assert!(message.contains("before the election timeout"), "{message}");
+        assert!(message.contains("is being created"), "{message}");
+
+        // Nobody listening.
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let pageserver = PageserverClient::new(addr, TIMELINE);
+        let err = timeline_start(&pageserver, TIMELINE, deadline_in(500))
+            .await
+            .unwrap_err();
+        let message = format!("{err:#}");
+        assert!(message.contains("before the election timeout"), "{message}");
+        assert!(message.contains("unreachable"), "{message}");
+    }
 }

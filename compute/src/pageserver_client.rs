@@ -1,4 +1,5 @@
-//! Client of the pageserver's read protocol: point lookups and streamed scans at an LSN.
+//! Client of the pageserver's read protocol: point lookups and streamed scans at an LSN, and
+//! the timeline's status (where its WAL starts, which the compute needs before its election).
 //!
 //! Connections are pooled: a request takes an idle connection (or opens one), and returns
 //! it when the exchange finished cleanly. A connection that saw an error is dropped.
@@ -9,7 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use ids::{Lsn, TimelineId};
-use pageserver_api::{ErrorKind, Request, Response};
+use pageserver_api::{ErrorKind, Request, Response, TimelineInfo};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
@@ -120,6 +121,25 @@ impl PageserverClient {
         }
     }
 
+    /// What the pageserver knows of this client's timeline: among other things, where its
+    /// WAL starts ([`TimelineInfo::start_lsn`]). `Remote { kind: UnknownTimeline, .. }` if
+    /// the pageserver does not serve it (yet).
+    pub async fn timeline_info(&self) -> Result<TimelineInfo, PageserverError> {
+        let request = Request::Status {
+            timeline: self.timeline,
+        };
+        match self.start(&request).await? {
+            (stream, Response::Timeline(info)) if info.timeline == self.timeline => {
+                self.give_back(stream);
+                Ok(info)
+            }
+            (_, other) => Err(self.unavailable(format!(
+                "unexpected answer to Status for timeline {}: {other:?}",
+                self.timeline
+            ))),
+        }
+    }
+
     /// The row at `key` of `table` as of `lsn`.
     pub async fn get_row(
         &self,
@@ -203,5 +223,159 @@ impl PageserverClient {
             rows.extend(batch?);
         }
         Ok(rows)
+    }
+}
+
+/// Column scans: the rows of a user table at an LSN as Arrow record batches, decoded from
+/// the pageserver's `ColumnBatch` frames (one Arrow IPC stream per scan).
+impl PageserverClient {
+    /// Streams the rows of user table `table` as of `lsn` that may satisfy every predicate,
+    /// as record batches of at most `batch_rows` rows holding the `columns` (indices of the
+    /// table's columns) in table order, each once, then the storage key (binary). A table
+    /// that does not exist at `lsn` has no rows.
+    pub fn column_scan(
+        &self,
+        table: u32,
+        lsn: Lsn,
+        columns: Vec<u32>,
+        predicates: Vec<pageserver_api::ColumnPredicate>,
+        batch_rows: u32,
+    ) -> mpsc::Receiver<Result<datafusion::arrow::record_batch::RecordBatch, PageserverError>> {
+        let (tx, rx) = mpsc::channel(SCAN_CHANNEL_BATCHES);
+        let client = self.clone();
+        tokio::spawn(async move {
+            let request = Request::ColumnScan {
+                timeline: client.timeline,
+                table,
+                lsn,
+                columns,
+                predicates,
+                batch_rows,
+            };
+            let (mut stream, first) = match client.start(&request).await {
+                Ok(started) => started,
+                Err(e) => {
+                    let _ = tx.send(Err(e)).await;
+                    return;
+                }
+            };
+            let mut decoder = datafusion::arrow::ipc::reader::StreamDecoder::new();
+            let mut next = Some(Ok(first));
+            loop {
+                let response = match next.take() {
+                    Some(response) => response,
+                    None => client.recv(&mut stream).await,
+                };
+                let ipc = match response {
+                    Ok(Response::ColumnBatch { ipc }) => ipc,
+                    Ok(Response::ScanEnd) => {
+                        client.give_back(stream);
+                        return;
+                    }
+                    Ok(other) => {
+                        let message = format!("unexpected answer to ColumnScan: {other:?}");
+                        let _ = tx.send(Err(client.unavailable(message))).await;
+                        return;
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e)).await;
+                        return;
+                    }
+                };
+                let batches = match decode_column_batch(&mut decoder, ipc) {
+                    Ok(batches) => batches,
+                    Err(e) => {
+                        let message = format!("malformed ColumnBatch from the pageserver: {e}");
+                        let _ = tx.send(Err(client.unavailable(message))).await;
+                        return;
+                    }
+                };
+                for batch in batches {
+                    if tx.send(Ok(batch)).await.is_err() {
+                        return; // consumer gone; the connection is mid-scan, drop it
+                    }
+                }
+            }
+        });
+        rx
+    }
+}
+
+/// The non-empty record batches in one `ColumnBatch` frame, which holds whole messages of
+/// the scan's IPC stream (the first one starts with the schema).
+fn decode_column_batch(
+    decoder: &mut datafusion::arrow::ipc::reader::StreamDecoder,
+    ipc: Bytes,
+) -> Result<Vec<datafusion::arrow::record_batch::RecordBatch>, datafusion::arrow::error::ArrowError>
+{
+    let mut buffer = datafusion::arrow::buffer::Buffer::from(ipc);
+    let mut batches = Vec::new();
+    while !buffer.is_empty() {
+        if let Some(batch) = decoder.decode(&mut buffer)? {
+            if batch.num_rows() > 0 {
+                batches.push(batch);
+            }
+        }
+    }
+    Ok(batches)
+}
+
+#[cfg(test)]
+mod column_scan_tests {
+    use std::sync::Arc;
+
+    use datafusion::arrow::array::{ArrayRef, BinaryArray, Int32Array};
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+    use datafusion::arrow::ipc::writer::StreamEncoder;
+    use datafusion::arrow::record_batch::RecordBatch;
+
+    use super::*;
+
+    fn frame(buffers: Vec<datafusion::arrow::buffer::Buffer>) -> Bytes {
+        let mut out = Vec::new();
+        for buffer in buffers {
+            out.extend_from_slice(buffer.as_slice());
+        }
+        Bytes::from(out)
+    }
+
+    /// Frames of whole IPC messages decode one by one; a damaged frame is an error, never a
+    /// panic.
+    #[test]
+    fn column_batches_decode_frame_by_frame() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("a", DataType::Int32, true),
+            Field::new("__omendb_key", DataType::Binary, false),
+        ]));
+        let batch = |from: i32| {
+            let columns: Vec<ArrayRef> = vec![
+                Arc::new(Int32Array::from_iter_values(from..from + 3)),
+                Arc::new(BinaryArray::from_iter_values(
+                    (from..from + 3).map(|i| i.to_be_bytes()),
+                )),
+            ];
+            RecordBatch::try_new(schema.clone(), columns).unwrap()
+        };
+        let mut encoder = StreamEncoder::try_new(&schema).unwrap();
+        let first = frame(
+            encoder
+                .encode(&RecordBatch::new_empty(schema.clone()))
+                .unwrap(),
+        );
+        let mut first = first.to_vec();
+        first.extend_from_slice(&frame(encoder.encode(&batch(0)).unwrap()));
+        let second = frame(encoder.encode(&batch(10)).unwrap());
+
+        let mut decoder = datafusion::arrow::ipc::reader::StreamDecoder::new();
+        let got = decode_column_batch(&mut decoder, Bytes::from(first)).unwrap();
+        assert_eq!(got, vec![batch(0)]);
+        let got = decode_column_batch(&mut decoder, second.clone()).unwrap();
+        assert_eq!(got, vec![batch(10)]);
+
+        let mut damaged = second.to_vec();
+        let at = damaged.len() / 3;
+        damaged[at..at + 8].copy_from_slice(&[0xff; 8]);
+        let mut decoder = datafusion::arrow::ipc::reader::StreamDecoder::new();
+        assert!(decode_column_batch(&mut decoder, Bytes::from(damaged)).is_err());
     }
 }

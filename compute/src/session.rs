@@ -29,7 +29,7 @@ use datafusion::sql::sqlparser::parser::Parser;
 use crate::catalog::{ColumnDef, TableDef, KEY_COLUMN};
 use crate::engine::{pageserver_error, Engine, Txn};
 use crate::error::{from_datafusion, sqlstate, SqlError};
-use crate::provider::OmenTable;
+use crate::provider::{OmenTable, ReadPath, READ_PATH_SETTING};
 use crate::rowcodec::{self, ColumnType};
 
 /// What a statement produced.
@@ -350,10 +350,15 @@ fn value_error(column: &ColumnDef, error: impl std::fmt::Display) -> SqlError {
 
 impl Session {
     pub fn new(engine: Arc<Engine>, user: String, database: String) -> Session {
-        let settings = default_settings()
+        let mut settings: HashMap<String, String> = default_settings()
             .into_iter()
             .map(|(k, v)| (k.to_lowercase(), v.to_string()))
             .collect();
+        // OmenDB's own settings: readable with SHOW, not reported to clients at startup.
+        settings.insert(
+            READ_PATH_SETTING.to_string(),
+            ReadPath::default().name().to_string(),
+        );
         Session {
             engine,
             runtime: Arc::new(RuntimeEnv::default()),
@@ -503,6 +508,16 @@ impl Session {
                     tag: format!("SELECT {n_rows}"),
                 })
             }
+            Statement::Explain { .. } => {
+                let (schema, batches) = self.run_query(stmt, params, None).await?;
+                let names = schema.fields().iter().map(|f| f.name().clone()).collect();
+                Ok(Outcome::Rows {
+                    schema,
+                    names,
+                    batches,
+                    tag: "EXPLAIN".into(),
+                })
+            }
             Statement::Insert(insert) => self.insert(stmt, insert, params).await,
             Statement::Update(update) => self.update(update, params).await,
             Statement::Delete(delete) => self.delete(delete, params).await,
@@ -549,6 +564,11 @@ impl Session {
             }
         };
         let client = self.engine.pageserver.clone();
+        let read_path = self
+            .settings
+            .get(READ_PATH_SETTING)
+            .and_then(|value| ReadPath::parse(value))
+            .unwrap_or_default();
         let txn = self.txn.get_or_insert_with(|| self.engine.begin());
         for name in std::mem::take(&mut self.registered_tables) {
             ctx.deregister_table(TableReference::bare(name))
@@ -561,6 +581,7 @@ impl Session {
                 txn.snapshot,
                 txn.overlay(def.id),
                 key_table == Some(name.as_str()),
+                read_path,
             );
             ctx.register_table(TableReference::bare(name.clone()), Arc::new(provider))
                 .map_err(from_datafusion)?;
@@ -728,6 +749,13 @@ impl Session {
                 let (table, select) = self.delete_select(delete)?;
                 let (_, plan) = self.plan(&select, Some(&table.name)).await?;
                 description.param_types = plan_types(&plan)?;
+            }
+            Statement::Explain { .. } => {
+                let (_, plan) = self.plan(stmt, None).await?;
+                description.param_types = plan_types(&plan)?;
+                let schema: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
+                let names = schema.fields().iter().map(|f| f.name().clone()).collect();
+                description.columns = Some((schema, names));
             }
             Statement::ShowVariable { variable } => {
                 let name = variable
@@ -1224,6 +1252,19 @@ impl Session {
                 })
                 .collect::<Vec<_>>()
                 .join(", ");
+            let value = match name.as_str() {
+                READ_PATH_SETTING => match ReadPath::parse(&value) {
+                    Some(read_path) => read_path.name().to_string(),
+                    None => {
+                        return Err(SqlError::new(
+                            sqlstate::INVALID_PARAMETER_VALUE,
+                            format!("invalid value for parameter \"{name}\": \"{value}\""),
+                        )
+                        .with_detail(format!("Available values: {}.", ReadPath::NAMES.join(", "))))
+                    }
+                },
+                _ => value,
+            };
             self.settings.insert(name, value);
         }
         Ok(Outcome::Command("SET".into()))

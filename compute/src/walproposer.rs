@@ -6,11 +6,15 @@
 //!                            └──── commit_lsn = majority ◀──┘
 //! ```
 //!
-//! Start-up is an election: ask every safekeeper for its state, propose a term above every
-//! term seen, and win with a majority of votes (each safekeeper persists the term before
-//! voting, so an older primary is fenced from then on). The most advanced log among the
-//! voters (by last term, then flush LSN) becomes the base of the new term; each safekeeper
-//! is truncated to where its log agrees with that one and then brought up to date.
+//! Start-up is an election: ask every safekeeper for its state (`Hello`, which names where
+//! the timeline's WAL starts: 0 for a root timeline, the branch LSN for a branch; a
+//! safekeeper that does not have the timeline yet creates it there), propose a term above
+//! every term seen, and win with a majority of votes (each safekeeper persists the term
+//! before voting, so an older primary is fenced from then on). The most advanced log among
+//! the voters (by last term, then flush LSN) becomes the base of the new term; each
+//! safekeeper is truncated to where its log agrees with that one, never below the
+//! timeline's start, and then brought up to date. On a new branch every safekeeper reports
+//! its flush LSN at the start and no terms: the first term's history begins at the start.
 //!
 //! A commit appends one WAL record and waits until a majority has fsynced past its end.
 //! Many committers share each Append and each fsync (group commit): each safekeeper task
@@ -59,6 +63,9 @@ pub enum ProposerError {
 #[derive(Clone)]
 pub struct ProposerConfig {
     pub timeline: TimelineId,
+    /// Where the timeline's WAL starts: its branch LSN, or 0 for a root timeline (the
+    /// pageserver knows it). Safekeepers that do not have the timeline create it there.
+    pub start_lsn: Lsn,
     pub safekeepers: Vec<SocketAddr>,
 }
 
@@ -95,9 +102,12 @@ struct Conn {
 }
 
 impl Conn {
+    /// Connects and says `Hello`. A safekeeper that disagrees on where the timeline starts
+    /// answers with an error, which this returns.
     async fn open(
         addr: SocketAddr,
         timeline: TimelineId,
+        start_lsn: Lsn,
     ) -> Result<(Conn, AcceptorStatus), ProposerError> {
         let err = |message: String| ProposerError::Safekeeper { addr, message };
         let stream = tokio::time::timeout(
@@ -109,7 +119,11 @@ impl Conn {
         .map_err(|e| err(format!("connect: {e}")))?;
         stream.set_nodelay(true).ok();
         let mut conn = Conn { addr, stream };
-        match conn.call(&Request::Hello { timeline }).await? {
+        let hello = Request::Hello {
+            timeline,
+            start_lsn,
+        };
+        match conn.call(&hello).await? {
             Response::Status(status) => Ok((conn, status)),
             other => Err(err(format!("unexpected answer to Hello: {other:?}"))),
         }
@@ -164,11 +178,12 @@ impl Conn {
 async fn read_wal(
     addr: SocketAddr,
     timeline: TimelineId,
+    timeline_start: Lsn,
     start: Lsn,
     end: Lsn,
     limit_bytes: usize,
 ) -> Result<Vec<(Lsn, Bytes)>, ProposerError> {
-    let (mut conn, _) = Conn::open(addr, timeline).await?;
+    let (mut conn, _) = Conn::open(addr, timeline, timeline_start).await?;
     let mut records = Vec::new();
     let mut pos = start;
     while pos < end && ((pos.0 - start.0) as usize) < limit_bytes {
@@ -247,7 +262,7 @@ impl WalProposer {
             config
                 .safekeepers
                 .iter()
-                .map(|&addr| Conn::open(addr, config.timeline)),
+                .map(|&addr| Conn::open(addr, config.timeline, config.start_lsn)),
         )
         .await;
         let mut conns: Vec<(usize, Conn, AcceptorStatus)> = Vec::new();
@@ -292,6 +307,13 @@ impl WalProposer {
         let statuses: Vec<AcceptorStatus> = voters.iter().map(|(_, s)| s.clone()).collect();
         let donor_pos = choose_donor(&statuses).expect("a majority is not empty");
         let donor = voters[donor_pos].1.clone();
+        if donor.flush_lsn < config.start_lsn {
+            // Hello refuses this; a safekeeper that answers otherwise is a bug.
+            return Err(ProposerError::Election(format!(
+                "the most advanced safekeeper's WAL ends at {}, below the timeline's start {}",
+                donor.flush_lsn, config.start_lsn
+            )));
+        }
         let mut history = donor.term_history.truncated(donor.flush_lsn);
         history.0.push(TermEntry {
             term,
@@ -300,6 +322,8 @@ impl WalProposer {
         // The buffer starts empty at the end of the donor's log: safekeepers that lack part
         // of it read it from the donor (or any peer that has it) in bounded chunks.
         let (end_tx, _) = watch::channel(donor.flush_lsn);
+        // Not the timeline's start: on a new branch (end = start) `elect` then waits until a
+        // majority has accepted the election at the start before it returns.
         let (commit_tx, _) = watch::channel(Lsn::ZERO);
         let shared = Arc::new(Shared {
             config: config.clone(),
@@ -483,14 +507,18 @@ async fn acceptor_task(shared: Arc<Shared>, idx: usize) {
 
 async fn sync_acceptor(shared: &Arc<Shared>, idx: usize) -> Result<(), ProposerError> {
     let addr = shared.config.safekeepers[idx];
-    let (conn, status) = Conn::open(addr, shared.config.timeline).await?;
+    let config = &shared.config;
+    let (conn, status) = Conn::open(addr, config.timeline, config.start_lsn).await?;
     if status.term > shared.term {
         return Err(ProposerError::Fenced(status.term));
     }
     let end = shared.inner.lock().expect("proposer lock").end_lsn;
-    let truncate_lsn = shared
-        .history
-        .agreement_point(end, &status.term_history, status.flush_lsn);
+    let truncate_lsn = shared.history.truncation_point(
+        end,
+        &status.term_history,
+        status.flush_lsn,
+        config.start_lsn,
+    );
     let Conn { stream, .. } = conn;
     let (mut reader, mut writer) = stream.into_split();
     let elected = Request::Elected {
@@ -619,6 +647,7 @@ async fn fetch_from_peers(
         match read_wal(
             shared.config.safekeepers[j],
             shared.config.timeline,
+            shared.config.start_lsn,
             start,
             end,
             APPEND_BYTES_MAX,
@@ -662,6 +691,194 @@ async fn read_response(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::PathBuf;
+    use tokio::sync::oneshot;
+    use wal::{Op, Transaction};
+
+    /// Three real safekeepers on loopback, each with its own data folder, until dropped.
+    struct Safekeepers {
+        addrs: Vec<SocketAddr>,
+        stops: Vec<oneshot::Sender<()>>,
+        tasks: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
+        dir: PathBuf,
+    }
+
+    impl Safekeepers {
+        async fn start(name: &str) -> Safekeepers {
+            let dir = std::env::temp_dir()
+                .join(format!("omendb-walproposer-{name}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            let mut safekeepers = Safekeepers {
+                addrs: Vec::new(),
+                stops: Vec::new(),
+                tasks: Vec::new(),
+                dir,
+            };
+            for id in 1..=3 {
+                let addr = std::net::TcpListener::bind("127.0.0.1:0")
+                    .unwrap()
+                    .local_addr()
+                    .unwrap();
+                let (stop, stopped) = oneshot::channel::<()>();
+                let config = safekeeper::Config {
+                    id,
+                    listen: addr,
+                    data_dir: safekeepers.dir.join(format!("sk{id}")),
+                    object_store: None,
+                };
+                let task = tokio::spawn(safekeeper::run(config, async move {
+                    let _ = stopped.await;
+                }));
+                safekeepers.addrs.push(addr);
+                safekeepers.stops.push(stop);
+                safekeepers.tasks.push(task);
+            }
+            for addr in &safekeepers.addrs {
+                let mut tries = 0;
+                while TcpStream::connect(addr).await.is_err() {
+                    tries += 1;
+                    assert!(tries < 500, "safekeeper {addr} did not start listening");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+            safekeepers
+        }
+
+        async fn stop(mut self) {
+            for stop in self.stops.drain(..) {
+                let _ = stop.send(());
+            }
+            for task in self.tasks.drain(..) {
+                task.await.unwrap().unwrap();
+            }
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    fn record(xid: u64) -> Bytes {
+        wal::encode_record(&Transaction {
+            xid,
+            commit_time_us: 0,
+            ops: vec![Op::Put {
+                table: 1,
+                key: Bytes::copy_from_slice(&xid.to_be_bytes()),
+                value: Bytes::from(vec![xid as u8; 100]),
+            }],
+        })
+        .unwrap()
+    }
+
+    /// Appends `records` and waits until a majority has them; returns the end LSN.
+    async fn commit_all(proposer: &WalProposer, records: &[Bytes]) -> Lsn {
+        let mut end = Lsn::ZERO;
+        for record in records {
+            end = proposer.append(record.clone()).unwrap();
+        }
+        proposer
+            .wait_commit(end, Duration::from_secs(10))
+            .await
+            .unwrap();
+        end
+    }
+
+    /// A branch's start: inside a segment, far above 0.
+    const BRANCH_START: Lsn = Lsn((3 << 24) + 4_321);
+    const ELECTION_TIMEOUT: Duration = Duration::from_secs(20);
+
+    /// Every safekeeper reports flush LSN = the branch start and no terms: the first term's
+    /// history starts there, appends go there, and the commit LSN advances from there. A
+    /// compute restarted on the timeline (a new term) continues the log, and every
+    /// safekeeper ends with the same WAL from the start on.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn elects_and_commits_on_a_timeline_that_starts_at_a_branch_lsn() {
+        let safekeepers = Safekeepers::start("branch").await;
+        let config = ProposerConfig {
+            timeline: TimelineId::from_u128(0xb2a9c4),
+            start_lsn: BRANCH_START,
+            safekeepers: safekeepers.addrs.clone(),
+        };
+        let first = WalProposer::elect(config.clone(), ELECTION_TIMEOUT)
+            .await
+            .unwrap();
+        assert_eq!(first.term(), 1);
+        assert_eq!(first.end_lsn(), BRANCH_START);
+        assert_eq!(first.commit_lsn(), BRANCH_START);
+        assert_eq!(
+            first.shared.history,
+            TermHistory(vec![TermEntry {
+                term: 1,
+                start_lsn: BRANCH_START
+            }])
+        );
+        let records: Vec<Bytes> = (1..=5).map(record).collect();
+        let end = commit_all(&first, &records).await;
+        let bytes: u64 = records.iter().map(|r| r.len() as u64).sum();
+        assert_eq!(end, BRANCH_START.add(bytes));
+        assert!(first.commit_lsn() >= end);
+
+        // A new compute on the same timeline (the old one is fenced by its election).
+        let second = WalProposer::elect(config.clone(), ELECTION_TIMEOUT)
+            .await
+            .unwrap();
+        assert_eq!(second.term(), 2);
+        assert_eq!(second.end_lsn(), end, "the new term continues the old log");
+        assert!(second.commit_lsn() >= end);
+        // The old primary learns it is fenced at its next commit, which does not commit.
+        let stale = first.append(record(99)).unwrap();
+        assert!(matches!(
+            first.wait_commit(stale, Duration::from_secs(10)).await,
+            Err(ProposerError::Fenced(2))
+        ));
+        let more: Vec<Bytes> = (6..=8).map(record).collect();
+        let new_end = commit_all(&second, &more).await;
+
+        // Every safekeeper that is in the new term holds the whole log from the start.
+        let mut expected = BytesMut::new();
+        for record in records.iter().chain(&more) {
+            expected.extend_from_slice(record);
+        }
+        let mut n_complete = 0;
+        for &addr in &safekeepers.addrs {
+            let log = read_wal(
+                addr,
+                config.timeline,
+                BRANCH_START,
+                BRANCH_START,
+                new_end,
+                usize::MAX,
+            )
+            .await;
+            if let Ok(log) = log {
+                let mut bytes = BytesMut::new();
+                let mut pos = BRANCH_START;
+                for (lsn, record) in log {
+                    assert_eq!(lsn, pos, "records are contiguous from the start");
+                    pos = pos.add(record.len() as u64);
+                    bytes.extend_from_slice(&record);
+                }
+                if bytes == expected {
+                    n_complete += 1;
+                }
+            }
+        }
+        assert!(n_complete >= majority(3), "{n_complete} complete logs");
+
+        // A compute that believes the timeline starts elsewhere is refused by every
+        // safekeeper, and its election fails with the safekeepers' reason.
+        let wrong = ProposerConfig {
+            start_lsn: new_end.add(1),
+            ..config.clone()
+        };
+        let err = match WalProposer::elect(wrong, Duration::from_millis(500)).await {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("elected with a start above the timeline's WAL"),
+        };
+        assert!(err.contains("start_lsn"), "{err}");
+        // ...and changed nothing: a compute with the right start continues the same log.
+        let third = WalProposer::elect(config, ELECTION_TIMEOUT).await.unwrap();
+        assert_eq!((third.term(), third.end_lsn()), (3, new_end));
+        safekeepers.stop().await;
+    }
 
     #[test]
     fn quorum_needs_a_majority_of_all_safekeepers() {

@@ -1,21 +1,34 @@
-//! The local cluster launcher behind `omendb start`.
+//! The local cluster launcher behind `omendb start`, and the branch commands it serves.
 //!
-//! Starts 3 safekeepers, 1 pageserver and the compute for branch `main` as separate OS
-//! processes (the same `omendb` binary with other subcommands) on 127.0.0.1, all state under
-//! one data folder:
+//! Starts 3 safekeepers, 1 pageserver, the compute for branch `main` and one compute per
+//! other branch as separate OS processes (the same `omendb` binary with other subcommands)
+//! on 127.0.0.1, all state under one data folder:
 //!
 //! ```text
 //! <data-dir>/cluster.json        tenant and timeline ids (made on first start)
+//! <data-dir>/branches.json       the other branches (`registry`)
 //! <data-dir>/omendb.lock         held while a cluster runs on this folder
+//! <data-dir>/control.sock        the running launcher's control socket (`control`)
 //! <data-dir>/safekeeper-<n>/     each safekeeper's WAL
 //! <data-dir>/pageserver/         the pageserver's local cache
 //! <data-dir>/object-store/       the object store, unless `--object-store` names another
-//! <data-dir>/logs/<name>.log     each process's log
+//! <data-dir>/logs/<name>.log     each process's log (`compute-<branch>.log` for a branch)
 //! ```
 //!
-//! Prints one `postgres://` line once the compute accepts connections and stays in the
-//! foreground. A child that dies is started again. SIGINT or SIGTERM stops the compute, then
-//! the pageserver (which uploads what it has), then the safekeepers, and returns.
+//! On start it finishes or rolls back a branch operation a crash interrupted
+//! (`branches::Branches::recover`), starts every branch's compute on the port recorded for
+//! it, opens the control socket and prints one `postgres://` line (main's) once everything
+//! accepts connections; it stays in the foreground. A child that dies is started again.
+//! Requests on the control socket (`omendb branch create|list|delete`, see `client`) run
+//! one at a time in the launcher's loop; supervision waits while one runs. SIGINT or SIGTERM
+//! stops the computes, then the pageserver (which uploads what it has), then the
+//! safekeepers, removes the socket and returns.
+
+pub mod branches;
+pub mod client;
+pub mod control;
+pub mod pageserver_admin;
+pub mod registry;
 
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
@@ -27,9 +40,16 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use ids::{TenantId, TimelineId};
+use pageserver_api::{BranchPoint, TimelineInfo};
 use serde::{Deserialize, Serialize};
 use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
 use tracing::{info, warn};
+
+use branches::{connection_string, BranchBackend, BranchErrorKind, Branches};
+use control::{ControlRequest, ControlResponse};
+use pageserver_admin::{PageserverAdmin, PageserverCallError};
+use registry::{write_atomically, BranchEntry};
 
 /// Number of safekeepers in a local cluster.
 pub const SAFEKEEPERS: usize = 3;
@@ -39,6 +59,8 @@ pub const READY_TIMEOUT_MS: u64 = 60_000;
 pub const STOP_TIMEOUT_MS: u64 = 15_000;
 /// Pause before restarting a child that died.
 pub const RESTART_DELAY_MS: u64 = 1_000;
+/// Ports tried beyond those needed when looking for free ones outside the recorded ones.
+pub const FREE_PORT_TRIES_MAX: usize = 100;
 const CLUSTER_FILE_VERSION: u32 = 1;
 
 pub struct StartConfig {
@@ -60,7 +82,7 @@ struct ClusterFile {
     timeline: String,
 }
 
-fn random_u128() -> u128 {
+pub(crate) fn random_u128() -> u128 {
     let mut value = 0u128;
     for _ in 0..2 {
         let mut hasher = RandomState::new().build_hasher();
@@ -76,16 +98,27 @@ fn random_u128() -> u128 {
     value
 }
 
-/// Picks `n` distinct free loopback ports. The probe listeners are all held until every
-/// port is chosen, so the kernel cannot hand the same port out twice.
-fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
-    let listeners = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0"))
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(listeners
-        .iter()
-        .map(|l| l.local_addr().map(|a| a.port()))
-        .collect::<Result<Vec<_>, _>>()?)
+/// Picks `n` distinct free loopback ports, none of them in `taken` (ports recorded for
+/// computes that are not listening yet). The probe listeners are all held until every port
+/// is chosen, so the kernel cannot hand the same port out twice.
+fn free_ports(n: usize, taken: &[u16]) -> anyhow::Result<Vec<u16>> {
+    let mut held = Vec::new();
+    let mut chosen = Vec::new();
+    for _ in 0..n + FREE_PORT_TRIES_MAX {
+        if chosen.len() == n {
+            break;
+        }
+        let listener = TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
+        let port = listener.local_addr()?.port();
+        if !taken.contains(&port) {
+            chosen.push(port);
+        }
+        held.push(listener);
+    }
+    if chosen.len() < n {
+        bail!("no {n} free ports outside those already recorded in {FREE_PORT_TRIES_MAX} tries");
+    }
+    Ok(chosen)
 }
 
 /// Reads the cluster's ids, making them on first start.
@@ -112,11 +145,8 @@ fn load_or_init(data_dir: &Path) -> anyhow::Result<(TenantId, TimelineId)> {
         tenant: tenant.to_string(),
         timeline: timeline.to_string(),
     };
-    let tmp = data_dir.join("cluster.json.tmp");
-    std::fs::write(&tmp, serde_json::to_vec_pretty(&file)?)?;
-    std::fs::File::open(&tmp)?.sync_all()?;
-    std::fs::rename(&tmp, &path)?;
-    std::fs::File::open(data_dir)?.sync_all()?;
+    write_atomically(&path, &serde_json::to_vec_pretty(&file)?)
+        .with_context(|| format!("writing {}", path.display()))?;
     Ok((tenant, timeline))
 }
 
@@ -227,6 +257,17 @@ pub async fn start(config: StartConfig) -> anyhow::Result<()> {
     let data_dir = data_dir.canonicalize()?;
     let _lock = lock_data_dir(&data_dir)?;
     let (tenant, timeline) = load_or_init(&data_dir)?;
+    let mut branches = Branches::open(&data_dir, tenant, timeline, config.port)?;
+    for entry in &branches.registry().branches {
+        if entry.port == config.port {
+            warn!(
+                branch = %entry.name,
+                "branch {} has port {}, which --port gives main now; its compute cannot start",
+                entry.name,
+                entry.port
+            );
+        }
+    }
     let object_store = match &config.object_store {
         Some(spec) => spec.clone(),
         None => {
@@ -236,14 +277,22 @@ pub async fn start(config: StartConfig) -> anyhow::Result<()> {
         }
     };
 
-    let log = |name: &str| data_dir.join("logs").join(format!("{name}.log"));
-    let mut components = Vec::new();
+    let log_dir = data_dir.join("logs");
+    let log = |name: &str| log_dir.join(format!("{name}.log"));
+    let mut safekeepers = Vec::new();
     let mut safekeeper_addrs = Vec::new();
-    let ports = free_ports(SAFEKEEPERS + 1)?;
+    let mut recorded_ports: Vec<u16> = branches
+        .registry()
+        .branches
+        .iter()
+        .map(|b| b.port)
+        .collect();
+    recorded_ports.push(config.port);
+    let ports = free_ports(SAFEKEEPERS + 1, &recorded_ports)?;
     for n in 1..=SAFEKEEPERS {
         let addr: SocketAddr = format!("127.0.0.1:{}", ports[n - 1]).parse()?;
         safekeeper_addrs.push(addr.to_string());
-        components.push(Component {
+        safekeepers.push(Component {
             name: format!("safekeeper-{n}"),
             args: vec![
                 "safekeeper".into(),
@@ -264,9 +313,9 @@ pub async fn start(config: StartConfig) -> anyhow::Result<()> {
             child: None,
         });
     }
-    let safekeepers = safekeeper_addrs.join(",");
+    let safekeepers_arg = safekeeper_addrs.join(",");
     let pageserver_addr: SocketAddr = format!("127.0.0.1:{}", ports[SAFEKEEPERS]).parse()?;
-    components.push(Component {
+    let pageserver = Component {
         name: "pageserver".into(),
         args: vec![
             "pageserver".into(),
@@ -277,7 +326,7 @@ pub async fn start(config: StartConfig) -> anyhow::Result<()> {
             "--object-store".into(),
             object_store.clone(),
             "--safekeepers".into(),
-            safekeepers.clone(),
+            safekeepers_arg.clone(),
             "--tenant".into(),
             tenant.to_string(),
             "--timeline".into(),
@@ -286,66 +335,274 @@ pub async fn start(config: StartConfig) -> anyhow::Result<()> {
         addr: pageserver_addr,
         log: log("pageserver"),
         child: None,
-    });
-    let compute_addr: SocketAddr = format!("127.0.0.1:{}", config.port).parse()?;
-    components.push(Component {
-        name: "compute".into(),
-        args: vec![
-            "compute".into(),
-            "--listen".into(),
-            compute_addr.to_string(),
-            "--safekeepers".into(),
-            safekeepers,
-            "--pageserver".into(),
-            pageserver_addr.to_string(),
-            "--timeline".into(),
-            timeline.to_string(),
-            "--commit-timeout-ms".into(),
-            config.commit_timeout_ms.to_string(),
-        ],
-        addr: compute_addr,
-        log: log("compute"),
-        child: None,
-    });
+    };
+    let computes = ComputeSettings {
+        safekeepers: safekeepers_arg,
+        pageserver: pageserver_addr,
+        commit_timeout_ms: config.commit_timeout_ms,
+    };
+    let main_compute =
+        computes.component("compute".into(), timeline, config.port, log("compute"))?;
+    let mut processes = Processes {
+        binary: config.binary.clone(),
+        log_dir: log_dir.clone(),
+        safekeepers,
+        pageserver,
+        main_compute,
+        branch_computes: Vec::new(),
+        computes,
+        pageserver_admin: PageserverAdmin::new(pageserver_addr),
+    };
 
-    let result = run_components(&config, &mut components, compute_addr).await;
-    for component in components.iter_mut().rev() {
-        component.stop().await;
+    let mut socket_bound = false;
+    let result = run(&data_dir, &mut processes, &mut branches, &mut socket_bound).await;
+    processes.stop_all().await;
+    if socket_bound {
+        let _ = std::fs::remove_file(control::socket_path(&data_dir));
     }
     result
 }
 
-async fn run_components(
-    config: &StartConfig,
-    components: &mut [Component],
-    compute_addr: SocketAddr,
-) -> anyhow::Result<()> {
-    let shutdown = shutdown_signal();
-    tokio::pin!(shutdown);
-    for component in components.iter_mut() {
-        component.spawn(&config.binary)?;
-        tokio::select! {
-            ready = component.wait_ready() => ready?,
-            _ = &mut shutdown => return Ok(()),
-        }
+/// How computes are started: what every compute's command line shares.
+struct ComputeSettings {
+    safekeepers: String,
+    pageserver: SocketAddr,
+    commit_timeout_ms: u64,
+}
+
+impl ComputeSettings {
+    fn component(
+        &self,
+        name: String,
+        timeline: TimelineId,
+        port: u16,
+        log: PathBuf,
+    ) -> anyhow::Result<Component> {
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
+        Ok(Component {
+            name,
+            args: vec![
+                "compute".into(),
+                "--listen".into(),
+                addr.to_string(),
+                "--safekeepers".into(),
+                self.safekeepers.clone(),
+                "--pageserver".into(),
+                self.pageserver.to_string(),
+                "--timeline".into(),
+                timeline.to_string(),
+                "--commit-timeout-ms".into(),
+                self.commit_timeout_ms.to_string(),
+            ],
+            addr,
+            log,
+            child: None,
+        })
     }
-    println!("postgres://omendb@{compute_addr}/omendb");
-    loop {
-        tokio::select! {
-            _ = &mut shutdown => return Ok(()),
-            _ = tokio::time::sleep(Duration::from_millis(RESTART_DELAY_MS)) => {}
-        }
-        for component in components.iter_mut() {
+}
+
+/// The cluster's child processes. Each is restarted when it dies; at shutdown the computes
+/// (branches', then main's) stop first, then the pageserver (which uploads what it has), then
+/// the safekeepers.
+struct Processes {
+    binary: PathBuf,
+    log_dir: PathBuf,
+    safekeepers: Vec<Component>,
+    pageserver: Component,
+    main_compute: Component,
+    /// Named `compute-<branch>`, in the order they started.
+    branch_computes: Vec<Component>,
+    computes: ComputeSettings,
+    pageserver_admin: PageserverAdmin,
+}
+
+fn branch_compute_name(branch: &str) -> String {
+    format!("compute-{branch}")
+}
+
+impl Processes {
+    fn all_mut(&mut self) -> impl Iterator<Item = &mut Component> {
+        self.safekeepers
+            .iter_mut()
+            .chain(std::iter::once(&mut self.pageserver))
+            .chain(std::iter::once(&mut self.main_compute))
+            .chain(self.branch_computes.iter_mut())
+    }
+
+    /// Starts every child that has died since the last look.
+    fn restart_exited(&mut self) -> anyhow::Result<()> {
+        let binary = self.binary.clone();
+        for component in self.all_mut() {
             let exited = match component.child.as_mut() {
                 Some(child) => child.try_wait()?,
                 None => None,
             };
             if let Some(status) = exited {
                 warn!(name = %component.name, %status, "exited; starting it again");
-                component.spawn(&config.binary)?;
+                component.spawn(&binary)?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn stop_all(&mut self) {
+        for component in self.branch_computes.iter_mut().rev() {
+            component.stop().await;
+        }
+        self.main_compute.stop().await;
+        self.pageserver.stop().await;
+        for component in self.safekeepers.iter_mut().rev() {
+            component.stop().await;
+        }
+    }
+}
+
+impl BranchBackend for Processes {
+    async fn create_timeline(
+        &mut self,
+        tenant: TenantId,
+        timeline: TimelineId,
+        ancestor: TimelineId,
+        point: BranchPoint,
+    ) -> Result<TimelineInfo, PageserverCallError> {
+        self.pageserver_admin
+            .create_timeline(tenant, timeline, ancestor, point)
+            .await
+    }
+
+    async fn delete_timeline(&mut self, timeline: TimelineId) -> Result<(), PageserverCallError> {
+        self.pageserver_admin.delete_timeline(timeline).await
+    }
+
+    async fn start_compute(&mut self, branch: &BranchEntry) -> anyhow::Result<()> {
+        let name = branch_compute_name(&branch.name);
+        self.stop_compute(&branch.name).await;
+        let log = self.log_dir.join(format!("{name}.log"));
+        let mut component = self
+            .computes
+            .component(name, branch.timeline, branch.port, log)?;
+        component.spawn(&self.binary)?;
+        // Supervised from here on, also if it does not become ready: the caller decides
+        // whether to stop it.
+        self.branch_computes.push(component);
+        let component = self.branch_computes.last_mut().expect("pushed above");
+        component.wait_ready().await
+    }
+
+    async fn stop_compute(&mut self, branch: &str) {
+        let name = branch_compute_name(branch);
+        if let Some(index) = self.branch_computes.iter().position(|c| c.name == name) {
+            let mut component = self.branch_computes.remove(index);
+            component.stop().await;
+        }
+    }
+
+    fn free_port(&mut self, taken: &[u16]) -> anyhow::Result<u16> {
+        let mut taken = taken.to_vec();
+        taken.extend(self.all_mut().map(|component| component.addr.port()));
+        Ok(free_ports(1, &taken)?[0])
+    }
+
+    fn new_timeline_id(&mut self) -> TimelineId {
+        TimelineId::from_u128(random_u128())
+    }
+}
+
+async fn run(
+    data_dir: &Path,
+    processes: &mut Processes,
+    branches: &mut Branches,
+    socket_bound: &mut bool,
+) -> anyhow::Result<()> {
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    let binary = processes.binary.clone();
+    for component in processes.all_mut() {
+        component.spawn(&binary)?;
+        tokio::select! {
+            ready = component.wait_ready() => ready?,
+            _ = &mut shutdown => return Ok(()),
+        }
+    }
+    tokio::select! {
+        _ = branches.recover(processes) => {}
+        _ = &mut shutdown => return Ok(()),
+    }
+    let ready: Vec<BranchEntry> = branches.ready().cloned().collect();
+    for entry in &ready {
+        tokio::select! {
+            started = processes.start_compute(entry) => if let Err(e) = started {
+                warn!(
+                    branch = %entry.name,
+                    "the compute of branch {} did not start: {e:#}; it is restarted until it does",
+                    entry.name
+                );
+            },
+            _ = &mut shutdown => return Ok(()),
+        }
+    }
+
+    let listener = control::bind(data_dir)?;
+    *socket_bound = true;
+    let (calls_tx, mut calls) = mpsc::channel(control::REQUESTS_QUEUED_MAX);
+    let server = tokio::spawn(control::serve(listener, calls_tx));
+    // Aborted when `run` returns, however it returns.
+    struct AbortOnDrop(tokio::task::JoinHandle<()>);
+    impl Drop for AbortOnDrop {
+        fn drop(&mut self) {
+            self.0.abort();
+        }
+    }
+    let _server = AbortOnDrop(server);
+
+    println!("{}", connection_string(processes.main_compute.addr.port()));
+    let mut supervise = tokio::time::interval(Duration::from_millis(RESTART_DELAY_MS));
+    supervise.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => return Ok(()),
+            _ = supervise.tick() => processes.restart_exited()?,
+            Some((request, reply)) = calls.recv() => {
+                // One operation at a time; a shutdown abandons it where it is, which leaves
+                // what a crash there would (see `branches`).
+                let response = tokio::select! {
+                    response = handle(branches, processes, request) => response,
+                    _ = &mut shutdown => return Ok(()),
+                };
+                let _ = reply.send(response);
             }
         }
     }
+}
+
+/// Runs one control request.
+async fn handle(
+    branches: &mut Branches,
+    processes: &mut Processes,
+    request: ControlRequest,
+) -> ControlResponse {
+    let result = match request {
+        ControlRequest::CreateBranch { name, parent, at } => branches
+            .create(processes, &name, &parent, at.as_deref())
+            .await
+            .map(|branch| ControlResponse::Created { branch }),
+        ControlRequest::ListBranches => Ok(ControlResponse::Branches {
+            branches: branches.list(),
+        }),
+        ControlRequest::DeleteBranch { name } => branches
+            .delete(processes, &name)
+            .await
+            .map(|branch| ControlResponse::Deleted { branch }),
+    };
+    result.unwrap_or_else(|e| {
+        match e.kind {
+            BranchErrorKind::Unavailable | BranchErrorKind::Internal => {
+                warn!("control request failed: {e}")
+            }
+            _ => info!("control request refused: {e}"),
+        }
+        e.into()
+    })
 }
 
 /// Resolves on SIGINT or SIGTERM.
@@ -357,4 +614,16 @@ pub async fn shutdown_signal() {
         _ = term.recv() => {}
         _ = int.recv() => {}
     }
+}
+
+/// A new empty folder for a test.
+#[cfg(test)]
+pub(crate) fn test_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "omendb-cp-{name}-{}-{:08x}",
+        std::process::id(),
+        random_u128() as u32
+    ));
+    std::fs::create_dir_all(&dir).expect("creating a test folder");
+    dir
 }

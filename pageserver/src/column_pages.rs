@@ -57,7 +57,7 @@ use std::sync::Arc;
 use arrow::array::{Array, AsArray, BinaryBuilder, RecordBatch, RecordBatchOptions};
 use arrow::datatypes::{
     DataType, Date32Type, Decimal128Type, Field, Float32Type, Float64Type, Int16Type, Int32Type,
-    Int64Type, SchemaRef, TimeUnit, TimestampMicrosecondType,
+    Int64Type, Schema, SchemaRef, TimeUnit, TimestampMicrosecondType,
 };
 use bytes::{BufMut, Bytes, BytesMut};
 use parquet::arrow::arrow_reader::statistics::StatisticsConverter;
@@ -593,6 +593,29 @@ impl ColumnPages {
         predicates: &[ColumnPredicate],
         batch_rows: usize,
     ) -> Result<ColumnScan> {
+        self.scan_row_groups(
+            source,
+            projection,
+            predicates,
+            batch_rows,
+            0..self.n_row_groups(),
+        )
+        .await
+    }
+
+    /// [`ColumnPages::scan`] of the row groups in `row_groups` only (the others count
+    /// neither as read nor as skipped): a caller that scans one row group at a time holds
+    /// one row group's batches at most.
+    pub async fn scan_row_groups<S: PageSource>(
+        &self,
+        source: &S,
+        projection: Option<&[usize]>,
+        predicates: &[ColumnPredicate],
+        batch_rows: usize,
+        row_groups: Range<usize>,
+    ) -> Result<ColumnScan> {
+        let row_groups =
+            row_groups.start.min(self.n_row_groups())..row_groups.end.min(self.n_row_groups());
         let n_columns = self.schema().fields().len();
         let key_column = n_columns - 1;
         let mut columns: Vec<usize> = match projection {
@@ -615,10 +638,10 @@ impl ColumnPages {
                 .project(&columns)
                 .map_err(|e| PageserverError::Internal(format!("projecting: {e}")))?,
         );
-        let plan = self.plan(predicates);
+        let plan = self.plan(predicates, row_groups.clone());
         let mut stats = ScanStats {
             row_groups_read: plan.row_groups.len(),
-            row_groups_skipped: self.n_row_groups() - plan.row_groups.len(),
+            row_groups_skipped: row_groups.len() - plan.row_groups.len(),
             rows_skipped_by_pages: plan.rows_skipped_by_pages,
             ..ScanStats::default()
         };
@@ -752,32 +775,15 @@ impl ColumnPages {
     }
 
     /// Which row groups, and which rows of them, may hold rows satisfying every predicate.
-    fn plan(&self, predicates: &[ColumnPredicate]) -> ScanPlan {
+    fn plan(&self, predicates: &[ColumnPredicate], in_range: Range<usize>) -> ScanPlan {
         let metadata = self.metadata.metadata();
         let parquet_schema = self.metadata.parquet_schema();
         let row_groups = metadata.row_groups();
-        let schema = self.schema();
-        let usable: Vec<Pruning> = predicates
-            .iter()
-            .filter_map(|predicate| {
-                let field: &Field = schema.fields().get(predicate.column)?;
-                let target = Target::new(&predicate.literal, field.data_type())?;
-                // Parquet statistics leave NaN out; Arrow orders NaN above (and -NaN below)
-                // every number, so only equality with a number is decided by min and max.
-                let float = matches!(field.data_type(), DataType::Float32 | DataType::Float64);
-                if float && predicate.op != CompareOp::Eq {
-                    return None;
-                }
-                Some(Pruning {
-                    column: predicate.column,
-                    field,
-                    op: predicate.op,
-                    target,
-                })
-            })
-            .collect();
+        let usable = usable_predicates(self.schema(), predicates);
 
-        let mut keep = vec![true; row_groups.len()];
+        let mut keep: Vec<bool> = (0..row_groups.len())
+            .map(|rg| in_range.contains(&rg))
+            .collect();
         for pruning in &usable {
             let Ok(converter) = StatisticsConverter::from_column_index(
                 pruning.column,
@@ -907,6 +913,57 @@ impl ColumnPages {
         }
         Some(ranges)
     }
+}
+
+/// The predicates that values of `schema`'s columns can be soundly tested against.
+fn usable_predicates<'a>(schema: &'a Schema, predicates: &[ColumnPredicate]) -> Vec<Pruning<'a>> {
+    predicates
+        .iter()
+        .filter_map(|predicate| {
+            let field: &Field = schema.fields().get(predicate.column)?;
+            let target = Target::new(&predicate.literal, field.data_type())?;
+            // Parquet statistics leave NaN out; Arrow orders NaN above (and -NaN below)
+            // every number, so only equality with a number is decided by min and max.
+            let float = matches!(field.data_type(), DataType::Float32 | DataType::Float64);
+            if float && predicate.op != CompareOp::Eq {
+                return None;
+            }
+            Some(Pruning {
+                column: predicate.column,
+                field,
+                op: predicate.op,
+                target,
+            })
+        })
+        .collect()
+}
+
+/// Which rows of `batch` may satisfy every predicate (whose `column`s index the batch's
+/// columns), by the rules pruning uses, applied to each row as a group of one: a row is
+/// dropped only when its value provably fails a predicate, and a NULL fails every one. A
+/// predicate that pruning could not use keeps every row, so the caller filters again.
+pub fn may_match_rows(batch: &RecordBatch, predicates: &[ColumnPredicate]) -> Vec<bool> {
+    let schema = batch.schema();
+    let mut keep = vec![true; batch.num_rows()];
+    for pruning in usable_predicates(&schema, predicates) {
+        let values = batch.column(pruning.column).as_ref();
+        let null_counts: arrow::array::UInt64Array = (0..values.len())
+            .map(|row| Some(u64::from(values.is_null(row))))
+            .collect();
+        for (row, keep) in keep.iter_mut().enumerate() {
+            if *keep {
+                let stats = Stats {
+                    mins: values,
+                    maxes: values,
+                    null_counts: &null_counts,
+                    i: row,
+                    n_rows: 1,
+                };
+                *keep = pruning.may_match(&stats);
+            }
+        }
+    }
+    keep
 }
 
 #[derive(Debug, Default)]

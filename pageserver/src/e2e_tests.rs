@@ -146,7 +146,7 @@ async fn stream_wal(
             }
             return;
         }
-        Ok(safekeeper_api::Request::Hello { timeline }) => {
+        Ok(safekeeper_api::Request::TimelineStatus { timeline }) => {
             // A probe of how far this safekeeper has committed.
             assert_eq!(timeline, TIMELINE);
             let commit_lsn = Lsn(wal.borrow().len() as u64);
@@ -160,7 +160,9 @@ async fn stream_wal(
             return;
         }
         other => {
-            panic!("the pageserver must open with StartReplication, Feedback or Hello: {other:?}")
+            panic!(
+                "the pageserver must open with StartReplication, Feedback or TimelineStatus: {other:?}"
+            )
         }
     };
     assert_eq!(timeline, TIMELINE);
@@ -379,10 +381,7 @@ impl Client {
     async fn status(&mut self) -> (Lsn, Lsn) {
         self.send(&Request::Status { timeline: TIMELINE }).await;
         match self.receive().await {
-            Response::Status {
-                last_record_lsn,
-                remote_consistent_lsn,
-            } => (last_record_lsn, remote_consistent_lsn),
+            Response::Timeline(info) => (info.last_record_lsn, info.remote_consistent_lsn),
             other => panic!("status: {other:?}"),
         }
     }

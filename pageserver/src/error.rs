@@ -44,6 +44,15 @@ pub enum PageserverError {
     #[error("i/o error: {0}")]
     Io(#[from] std::io::Error),
 
+    /// No timeline of this id is served here.
+    #[error("timeline {0} is not served by this pageserver")]
+    UnknownTimeline(TimelineId),
+
+    /// The request conflicts with the timelines as they are (an id already taken, a
+    /// timeline that others branch from, a branch point outside what is kept).
+    #[error("{0}")]
+    Conflict(String),
+
     /// A broken invariant inside the pageserver: this is a bug.
     #[error("internal error (this is a bug): {0}")]
     Internal(String),

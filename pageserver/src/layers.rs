@@ -35,6 +35,7 @@ use crate::manifest::LayerDesc;
 use crate::page_source::{MemorySource, PageSource};
 use crate::remote_layout;
 use crate::store::{ScanLimits, ScanPage};
+use crate::timeline::{AncestorRef, Timeline};
 
 /// Where a timeline's layer files are read from.
 #[derive(Clone)]
@@ -252,7 +253,9 @@ impl LayerSet {
 
     /// One step of a scan of `table` over `[start, end)` after `after_key`, at `lsn`,
     /// merging `memory` (the in-memory layers' newest versions for the same range) over the
-    /// persisted layers; within `limits`, like `Store::scan`.
+    /// persisted layers and, for a branch, under them the `ancestor`'s state at the branch
+    /// point where no image of this timeline covers a piece; within `limits`, like
+    /// `Store::scan`.
     #[allow(clippy::too_many_arguments)]
     pub async fn scan_step(
         &self,
@@ -262,6 +265,7 @@ impl LayerSet {
         lsn: Lsn,
         after_key: Option<&[u8]>,
         memory: &MemoryRange,
+        ancestor: Option<&AncestorRef>,
         limits: ScanLimits,
     ) -> Result<ScanPage> {
         let mut page = ScanPage::default();
@@ -322,6 +326,14 @@ impl LayerSet {
                         Cursor::Image(ImageCursor::new(image, table, &piece.start))
                     }
                 });
+            }
+            if let (None, Some(ancestor)) = (&plan.image, ancestor) {
+                cursors.push(Cursor::Ancestor(AncestorCursor::new(
+                    ancestor,
+                    table,
+                    &piece,
+                    lsn.min(ancestor.lsn),
+                )));
             }
             let mut heads = Vec::with_capacity(cursors.len());
             for cursor in &mut cursors {
@@ -416,6 +428,7 @@ enum Cursor<'a> {
     Memory(std::slice::Iter<'a, (Bytes, Option<Bytes>)>),
     Delta(DeltaCursor<'a, LayerSource>),
     Image(ImageCursor<'a>),
+    Ancestor(AncestorCursor<'a>),
 }
 
 impl Cursor<'_> {
@@ -427,10 +440,85 @@ impl Cursor<'_> {
                 .await?
                 .map(|(key, _, value)| (key, value)),
             Cursor::Image(cursor) => cursor.next().await?,
+            Cursor::Ancestor(cursor) => cursor.next().await?,
         };
         Ok(next.filter(|(key, _)| piece.contains(key)))
     }
 }
+
+/// The rows of one table in one piece of a branch's key range, read from its ancestor at
+/// the branch point, one ancestor scan step at a time (the ancestor merges its own memory,
+/// layers and ancestors).
+struct AncestorCursor<'a> {
+    timeline: &'a Timeline,
+    table: u32,
+    lsn: Lsn,
+    /// Row keys: from `start` (inclusive) to `end` (exclusive, `None`: the table's end).
+    start: Bytes,
+    end: Option<Bytes>,
+    after: Option<Bytes>,
+    rows: std::vec::IntoIter<(Bytes, Bytes)>,
+    done: bool,
+}
+
+impl<'a> AncestorCursor<'a> {
+    fn new(ancestor: &'a AncestorRef, table: u32, piece: &KeyRange, lsn: Lsn) -> Self {
+        let prefix = table.to_be_bytes();
+        // A piece lies within the table's key range: its start has the table's prefix (or
+        // precedes the table), and an end without the prefix is the table's end.
+        let start = piece
+            .start
+            .strip_prefix(&prefix[..])
+            .map(Bytes::copy_from_slice)
+            .unwrap_or_default();
+        let end = piece
+            .end
+            .as_ref()
+            .and_then(|end| end.strip_prefix(&prefix[..]))
+            .map(Bytes::copy_from_slice);
+        AncestorCursor {
+            timeline: &ancestor.timeline,
+            table,
+            lsn,
+            start,
+            end,
+            after: None,
+            rows: Vec::new().into_iter(),
+            done: false,
+        }
+    }
+
+    async fn next(&mut self) -> Result<Option<(Bytes, Option<Bytes>)>> {
+        loop {
+            if let Some((key, value)) = self.rows.next() {
+                return Ok(Some((timeline_key(self.table, &key), Some(value))));
+            }
+            if self.done {
+                return Ok(None);
+            }
+            let page = Box::pin(self.timeline.scan(
+                self.table,
+                (Some(&self.start[..]), self.end.as_deref()),
+                self.lsn,
+                self.after.as_deref(),
+                ANCESTOR_SCAN_LIMITS,
+            ))
+            .await?;
+            self.rows = page.rows.into_iter();
+            match page.resume_after {
+                Some(key) => self.after = Some(key),
+                None => self.done = true,
+            }
+        }
+    }
+}
+
+/// One step of an ancestor's scan under a branch's scan step.
+const ANCESTOR_SCAN_LIMITS: ScanLimits = ScanLimits {
+    rows_max: 1024,
+    bytes_max: 1 << 20,
+    keys_examined_max: crate::limits::SCAN_KEYS_EXAMINED_MAX,
+};
 
 /// Rows of one table's image layer from a start key on, one page at a time.
 struct ImageCursor<'a> {

@@ -1,6 +1,6 @@
-//! The OmenDB pageserver: follows one timeline's committed WAL on the safekeepers, keeps its
-//! versioned rows, uploads them to the object store, and answers reads "at LSN X" from
-//! computes.
+//! The OmenDB pageserver: for each timeline of its tenant (a root timeline and its
+//! branches), follows the committed WAL on the safekeepers, keeps the versioned rows, uploads
+//! them to the object store, and answers reads "at LSN X" from computes.
 //!
 //! ```text
 //!   safekeepers ──WalData──▶ walreceiver ──▶ timeline: in-memory layers ◀── server ◀── computes
@@ -11,10 +11,11 @@
 //!                   read back by byte ranges through the block cache (block_cache)
 //! ```
 //!
-//! Local disk is only a cache: a pageserver started on an empty `data_dir` opens the
-//! timeline from the object store's index alone, reads layer files on demand, and follows the
-//! WAL from the LSN the object store holds. Background work (WAL receiver, checkpointer and
-//! compaction, read server) is started and stopped in one place, [`run`].
+//! Local disk is only a cache: a pageserver started on an empty `data_dir` opens its
+//! timelines from the object store's indexes alone, reads layer files on demand, and follows
+//! the WAL from the LSN the object store holds. A branch's reads below its branch LSN go to
+//! its ancestor. Per-timeline background work (WAL receiver, checkpointer and compaction) is
+//! started and stopped by [`timelines`]; the read server and metrics by [`run`].
 
 pub mod block_cache;
 pub mod column_pages;
@@ -31,6 +32,7 @@ pub mod remote_layout;
 pub mod server;
 pub mod store;
 pub mod timeline;
+pub mod timelines;
 pub mod walreceiver;
 
 #[cfg(test)]
@@ -44,13 +46,16 @@ use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
 pub use error::PageserverError;
 
 use remote_storage::RemoteStorage;
-use timeline::Timeline;
+use timelines::{TaskConfig, Timelines};
+
+/// How often the pageserver checks its timelines' background tasks for panics.
+const TASK_CHECK_INTERVAL_MS: u64 = 1_000;
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -61,7 +66,10 @@ pub struct Config {
     /// (see `remote_storage::RemoteStorage::from_spec`).
     pub object_store: String,
     pub safekeepers: Vec<std::net::SocketAddr>,
+    /// The tenant whose timelines this pageserver serves (every one the object store has an
+    /// index for, plus those created while it runs).
     pub tenant: ids::TenantId,
+    /// A root timeline served from the start, created empty if the object store has none.
     pub timeline: ids::TimelineId,
     /// Upload what was ingested at least this often (default `limits::CHECKPOINT_INTERVAL_DEFAULT_MS`).
     pub checkpoint_interval: Duration,
@@ -108,18 +116,49 @@ pub(crate) async fn run_with_listener(
     .await
     .with_context(|| format!("opening the block cache in {}", cache_dir.display()))?;
     let cache = Arc::new(cache);
-    let timeline = tokio::select! {
-        _ = &mut shutdown => return Ok(()),
-        loaded = Timeline::load(remote, cache, config.tenant, config.timeline) => Arc::new(
-            loaded.with_context(|| format!("loading timeline {} from the object store", config.timeline))?,
-        ),
+    let (failures_sender, mut failures) = mpsc::unbounded_channel();
+    let timelines = Arc::new(Timelines::new(
+        remote,
+        cache,
+        TaskConfig {
+            safekeepers: config.safekeepers.clone(),
+            checkpoint_interval: config.checkpoint_interval,
+            wait_lsn_timeout: config.wait_lsn_timeout,
+        },
+        failures_sender,
+    ));
+    let loaded = async {
+        timelines
+            .load_tenant(config.tenant)
+            .await
+            .with_context(|| format!("loading the timelines of tenant {}", config.tenant))?;
+        timelines
+            .attach_or_create_root(config.tenant, config.timeline)
+            .await
+            .with_context(|| format!("loading timeline {} from the object store", config.timeline))
     };
-    tracing::info!(
-        "timeline {}: generation {}, starting at LSN {}",
-        config.timeline,
-        timeline.generation(),
-        timeline.last_record_lsn()
-    );
+    let loaded = tokio::select! {
+        _ = &mut shutdown => None,
+        loaded = loaded => Some(loaded),
+    };
+    let Some(loaded) = loaded else {
+        // Stopped while loading: stop what was opened (uploading what it ingested meanwhile).
+        timelines.shutdown().await?;
+        return Ok(());
+    };
+    if let Err(err) = loaded {
+        // The load error is the one to report; a failed upload is logged by `shutdown`.
+        let _ = timelines.shutdown().await;
+        return Err(err);
+    }
+    for timeline in timelines.list()? {
+        tracing::info!(
+            "timeline {}: generation {}, starting at LSN {}",
+            timeline.timeline_id(),
+            timeline.generation(),
+            timeline.last_record_lsn()
+        );
+    }
     let metrics_listener = match config.metrics_listen {
         Some(addr) => Some(
             TcpListener::bind(addr)
@@ -132,21 +171,6 @@ pub(crate) async fn run_with_listener(
 
     let (cancel_sender, cancel) = watch::channel(false);
     let mut tasks = JoinSet::new();
-    tasks.spawn(walreceiver::run(
-        timeline.clone(),
-        config.safekeepers.clone(),
-        cancel.clone(),
-    ));
-    tasks.spawn(walreceiver::send_feedback(
-        timeline.clone(),
-        config.safekeepers.clone(),
-        cancel.clone(),
-    ));
-    tasks.spawn(checkpointer(
-        timeline.clone(),
-        config.checkpoint_interval,
-        cancel.clone(),
-    ));
     if let Some(metrics_listener) = metrics_listener {
         tracing::info!(
             "pageserver metrics on http://{}/metrics",
@@ -154,21 +178,27 @@ pub(crate) async fn run_with_listener(
         );
         tasks.spawn(metrics::serve(
             metrics_listener,
-            timeline.clone(),
+            timelines.clone(),
             cancel.clone(),
         ));
     }
     tasks.spawn(server::serve(
         listener,
-        timeline.clone(),
+        timelines.clone(),
         config.wait_lsn_timeout,
         cancel,
     ));
 
-    // The tasks run until cancelled, so one that ends first has panicked.
-    let early_exit = tokio::select! {
-        _ = &mut shutdown => None,
-        Some(joined) = tasks.join_next() => Some(joined),
+    // The tasks run until cancelled, so one that ends first has panicked; a timeline's
+    // tasks report through `failures`.
+    let mut reap = tokio::time::interval(Duration::from_millis(TASK_CHECK_INTERVAL_MS));
+    let early_exit = loop {
+        tokio::select! {
+            _ = &mut shutdown => break None,
+            Some(joined) = tasks.join_next() => break Some(format!("{joined:?}")),
+            Some(failure) = failures.recv() => break Some(failure),
+            _ = reap.tick() => timelines.reap_panics()?,
+        }
     };
     cancel_sender.send_replace(true);
     while let Some(joined) = tasks.join_next().await {
@@ -176,47 +206,11 @@ pub(crate) async fn run_with_listener(
             tracing::error!("pageserver task failed while stopping: {err}");
         }
     }
-    let uploaded = timeline.checkpoint().await;
-    if let Some(joined) = early_exit {
-        anyhow::bail!("a pageserver task stopped unexpectedly: {joined:?}");
+    let uploaded = timelines.shutdown().await;
+    if let Some(failure) = early_exit {
+        anyhow::bail!("a pageserver task stopped unexpectedly: {failure}");
     }
     uploaded.context("uploading the last ingested WAL at shutdown")?;
-    tracing::info!(
-        "pageserver stopped; the object store holds LSN {}",
-        timeline.remote_consistent_lsn()
-    );
+    tracing::info!("pageserver stopped");
     Ok(())
-}
-
-/// Checkpoints, then compacts where enough delta layers piled up, every `interval` until
-/// cancelled (a checkpoint with nothing new is free).
-async fn checkpointer(
-    timeline: Arc<Timeline>,
-    interval: Duration,
-    mut cancel: watch::Receiver<bool>,
-) {
-    // `tokio::time::interval` panics on a zero period.
-    let mut ticker = tokio::time::interval(interval.max(Duration::from_millis(1)));
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = cancel.wait_for(|cancelled| *cancelled) => return,
-            _ = ticker.tick() => {}
-        }
-        // Not raced against cancellation: a checkpoint abandoned halfway could leave an
-        // index write in flight that lands after the final checkpoint's newer one.
-        if let Err(err) = timeline.checkpoint().await {
-            tracing::warn!(
-                "checkpoint of timeline {} failed (will retry): {err}",
-                timeline.timeline_id()
-            );
-            continue;
-        }
-        if let Err(err) = timeline.compact().await {
-            tracing::warn!(
-                "compaction of timeline {} failed (will retry): {err}",
-                timeline.timeline_id()
-            );
-        }
-    }
 }

@@ -246,10 +246,11 @@ impl Manifest {
         if names.windows(2).any(|pair| pair[0] == pair[1]) {
             return Err("names a layer twice".into());
         }
+        // A branch inherits its ancestor's drops at or below the branch LSN.
         if let Some(dropped) = self
             .dropped_tables
             .iter()
-            .find(|d| d.lsn <= start || d.lsn > self.remote_consistent_lsn)
+            .find(|d| d.lsn == 0 || d.lsn > self.remote_consistent_lsn)
         {
             return Err(format!(
                 "table {} dropped at LSN {}, outside the timeline",

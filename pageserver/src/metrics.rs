@@ -1,6 +1,6 @@
 //! The pageserver's metrics over HTTP: `GET /metrics` answers the Prometheus text format
 //! (version 0.0.4) with the block cache's hit and miss counters, the object store's request
-//! counters and the timeline's LSNs.
+//! counters and each timeline's LSNs (labelled `timeline="<id>"`).
 //!
 //! A deliberately small HTTP/1.1 responder: it reads one request head (at most
 //! `METRICS_REQUEST_BYTES_MAX`), answers it and closes the connection. Anything but
@@ -17,16 +17,17 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::timeline::Timeline;
+use crate::timelines::Timelines;
 
 /// The longest request head read.
 pub const METRICS_REQUEST_BYTES_MAX: usize = 8 << 10;
 /// How long a client has to send its request.
 pub const METRICS_REQUEST_TIMEOUT_MS: u64 = 5_000;
 
-/// The metrics of `timeline`, in the Prometheus text format.
-pub fn render(timeline: &Timeline) -> String {
-    let cache = timeline.cache().metrics();
-    let remote = timeline.remote().stats();
+/// The metrics of the pageserver and its timelines, in the Prometheus text format.
+pub fn render(timelines: &Timelines) -> String {
+    let cache = timelines.cache().metrics();
+    let remote = timelines.remote().stats();
     let mut out = String::new();
     let mut counter = |name: &str, help: &str, value: u64| {
         let _ = writeln!(out, "# HELP {name} {help}");
@@ -78,20 +79,24 @@ pub fn render(timeline: &Timeline) -> String {
         "Bytes uploaded to the object store.",
         remote.bytes_uploaded,
     );
-    let mut gauge = |name: &str, help: &str, value: u64| {
+    let timelines = timelines.list().unwrap_or_default();
+    let mut gauge = |name: &str, help: &str, value: &dyn Fn(&Timeline) -> u64| {
         let _ = writeln!(out, "# HELP {name} {help}");
         let _ = writeln!(out, "# TYPE {name} gauge");
-        let _ = writeln!(out, "{name} {value}");
+        for timeline in &timelines {
+            let id = timeline.timeline_id();
+            let _ = writeln!(out, "{name}{{timeline=\"{id}\"}} {}", value(timeline));
+        }
     };
     gauge(
         "omendb_pageserver_last_record_lsn",
-        "End of the last WAL record applied.",
-        timeline.last_record_lsn().0,
+        "End of the last WAL record applied, per timeline.",
+        &|t| t.last_record_lsn().0,
     );
     gauge(
         "omendb_pageserver_remote_consistent_lsn",
-        "Every commit at or below this LSN is in the object store.",
-        timeline.remote_consistent_lsn().0,
+        "Every commit at or below this LSN is in the object store, per timeline.",
+        &|t| t.remote_consistent_lsn().0,
     );
     out
 }
@@ -99,7 +104,7 @@ pub fn render(timeline: &Timeline) -> String {
 /// Serves `GET /metrics` until `cancel` turns true.
 pub async fn serve(
     listener: TcpListener,
-    timeline: Arc<Timeline>,
+    timelines: Arc<Timelines>,
     mut cancel: watch::Receiver<bool>,
 ) {
     let mut connections = JoinSet::new();
@@ -111,9 +116,9 @@ pub async fn serve(
         while connections.try_join_next().is_some() {}
         match accepted {
             Ok((stream, peer)) => {
-                let timeline = timeline.clone();
+                let timelines = timelines.clone();
                 connections.spawn(async move {
-                    if let Err(err) = answer(stream, &timeline).await {
+                    if let Err(err) = answer(stream, &timelines).await {
                         tracing::debug!("metrics request from {peer}: {err}");
                     }
                 });
@@ -130,7 +135,7 @@ pub async fn serve(
     connections.shutdown().await;
 }
 
-async fn answer(mut stream: TcpStream, timeline: &Timeline) -> std::io::Result<()> {
+async fn answer(mut stream: TcpStream, timelines: &Timelines) -> std::io::Result<()> {
     let mut head = Vec::with_capacity(512);
     let read = tokio::time::timeout(Duration::from_millis(METRICS_REQUEST_TIMEOUT_MS), async {
         let mut buf = [0u8; 1024];
@@ -158,7 +163,7 @@ async fn answer(mut stream: TcpStream, timeline: &Timeline) -> std::io::Result<(
         .unwrap_or_default();
     let mut parts = request_line.split(' ');
     let (status, body) = match (complete, parts.next(), parts.next()) {
-        (true, Some("GET"), Some("/metrics")) => ("200 OK", render(timeline)),
+        (true, Some("GET"), Some("/metrics")) => ("200 OK", render(timelines)),
         (true, Some(_), Some(_)) => ("404 Not Found", "only GET /metrics is served\n".into()),
         _ => ("400 Bad Request", "malformed request\n".into()),
     };

@@ -9,10 +9,15 @@
 //!   reads the layer files without it, and the scan resumes after the last key examined; no
 //!   lock is held while reading layers or writing to the socket. Commits that arrive
 //!   meanwhile have LSNs above the scan's, so the batches form one consistent snapshot;
-//! - `Status` → `Status`.
+//! - `ColumnScan` → wait for the LSN → `ColumnBatch` frames (one Arrow IPC stream, see
+//!   [`crate::timeline::columns`]) → `ScanEnd`;
+//! - `Status` → `Timeline`;
+//! - `CreateTimeline` → `Timeline` (the new one); `ListTimelines` → `Timelines`;
+//!   `DeleteTimeline` → `Deleted` (see [`crate::timelines`]).
 //!
-//! Any failure to answer is an `Error` response (`UnknownTimeline` for another timeline,
-//! `WaitLsnTimeout` when the WAL is late, `Internal` otherwise) and the connection goes on. A
+//! Any failure to answer is an `Error` response (`UnknownTimeline` for a timeline not served
+//! here, `WaitLsnTimeout` when the WAL is late, `Conflict` for a create or delete that the
+//! timelines as they are refuse, `Internal` otherwise) and the connection goes on. A
 //! frame that cannot be read (bad checksum, too large, torn) closes the connection; a frame
 //! whose payload is not a request gets a `BadRequest` answer, then the connection closes.
 //! Nothing here panics on input. Does network I/O.
@@ -30,7 +35,7 @@ use tokio::task::JoinSet;
 use crate::error::{PageserverError, Result};
 use crate::limits::{ACCEPT_ERROR_BACKOFF_MS, CONNECTIONS_MAX, SCAN_KEYS_EXAMINED_MAX};
 use crate::store::ScanLimits;
-use crate::timeline::Timeline;
+use crate::timelines::Timelines;
 
 const SCAN_LIMITS: ScanLimits = ScanLimits {
     rows_max: SCAN_BATCH_ROWS_MAX,
@@ -41,7 +46,7 @@ const SCAN_LIMITS: ScanLimits = ScanLimits {
 /// Accepts and serves connections until `cancel` turns true; then drops every connection.
 pub async fn serve(
     listener: TcpListener,
-    timeline: Arc<Timeline>,
+    timelines: Arc<Timelines>,
     wait_lsn_timeout: Duration,
     mut cancel: watch::Receiver<bool>,
 ) {
@@ -59,10 +64,10 @@ pub async fn serve(
         while connections.try_join_next().is_some() {}
         match accepted {
             Ok((stream, peer)) => {
-                let timeline = timeline.clone();
+                let timelines = timelines.clone();
                 connections.spawn(async move {
                     let _permit = permit;
-                    match handle_connection(stream, &timeline, wait_lsn_timeout).await {
+                    match handle_connection(stream, &timelines, wait_lsn_timeout).await {
                         Ok(()) => tracing::debug!("connection from {peer} closed"),
                         Err(err) => tracing::info!("connection from {peer} closed: {err}"),
                     }
@@ -79,7 +84,7 @@ pub async fn serve(
 
 async fn handle_connection(
     stream: TcpStream,
-    timeline: &Timeline,
+    timelines: &Timelines,
     wait_lsn_timeout: Duration,
 ) -> Result<()> {
     stream.set_nodelay(true)?;
@@ -104,44 +109,54 @@ async fn handle_connection(
                 return Err(err.into());
             }
         };
-        handle_request(request, timeline, wait_lsn_timeout, &mut writer).await?;
+        handle_request(request, timelines, wait_lsn_timeout, &mut writer).await?;
     }
 }
 
 /// Answers one request; an `Err` is a failure to write to the client.
 async fn handle_request(
     request: Request,
-    timeline: &Timeline,
+    timelines: &Timelines,
     wait_lsn_timeout: Duration,
     writer: &mut OwnedWriteHalf,
 ) -> Result<()> {
     let requested = match &request {
         Request::GetRow { timeline, .. }
         | Request::Scan { timeline, .. }
-        | Request::Status { timeline } => *timeline,
-    };
-    if requested != timeline.timeline_id() {
-        let message = format!(
-            "timeline {requested} is not served here (this pageserver serves {})",
-            timeline.timeline_id()
-        );
-        return send(
-            writer,
-            &Response::Error {
-                kind: ErrorKind::UnknownTimeline,
-                message,
-            },
-        )
-        .await;
-    }
-    match request {
-        Request::Status { .. } => {
-            let response = Response::Status {
-                last_record_lsn: timeline.last_record_lsn(),
-                remote_consistent_lsn: timeline.remote_consistent_lsn(),
+        | Request::Status { timeline }
+        | Request::ColumnScan { timeline, .. } => *timeline,
+        Request::CreateTimeline {
+            tenant,
+            timeline,
+            ancestor,
+        } => {
+            let response = match timelines.create(*tenant, *timeline, *ancestor).await {
+                Ok(created) => Response::Timeline(created.info()),
+                Err(err) => error_response(&err),
             };
-            send(writer, &response).await
+            return send(writer, &response).await;
         }
+        Request::ListTimelines => {
+            let response = match timelines.list() {
+                Ok(all) => Response::Timelines(all.iter().map(|t| t.info()).collect()),
+                Err(err) => error_response(&err),
+            };
+            return send(writer, &response).await;
+        }
+        Request::DeleteTimeline { timeline } => {
+            let response = match timelines.delete(*timeline).await {
+                Ok(()) => Response::Deleted,
+                Err(err) => error_response(&err),
+            };
+            return send(writer, &response).await;
+        }
+    };
+    let timeline = match timelines.get(requested) {
+        Ok(timeline) => timeline,
+        Err(err) => return send(writer, &error_response(&err)).await,
+    };
+    match request {
+        Request::Status { .. } => send(writer, &Response::Timeline(timeline.info())).await,
         Request::GetRow {
             table, key, lsn, ..
         } => {
@@ -188,12 +203,31 @@ async fn handle_request(
                 }
             }
         }
+        request @ Request::ColumnScan { .. } => {
+            crate::timeline::columns::serve_column_scan(
+                &timeline,
+                &request,
+                wait_lsn_timeout,
+                writer,
+            )
+            .await
+        }
+        Request::CreateTimeline { .. }
+        | Request::ListTimelines
+        | Request::DeleteTimeline { .. } => {
+            let err = PageserverError::Internal(
+                "timeline management requests are answered before a timeline is looked up".into(),
+            );
+            send(writer, &error_response(&err)).await
+        }
     }
 }
 
 fn error_response(err: &PageserverError) -> Response {
     let kind = match err {
         PageserverError::WaitLsnTimeout { .. } => ErrorKind::WaitLsnTimeout,
+        PageserverError::UnknownTimeline(_) => ErrorKind::UnknownTimeline,
+        PageserverError::Conflict(_) => ErrorKind::Conflict,
         _ => ErrorKind::Internal,
     };
     Response::Error {

@@ -53,15 +53,17 @@ use crate::layers::{at_key, scan_lower_bound, LayerSet, LayerStorage, Lookup, Me
 use crate::limits::{
     COMPACTION_DELTA_LAYERS_MIN, DELTA_LAYER_BYTES_TARGET, LAYER_FILE_BYTES_MAX, MANIFEST_BYTES_MAX,
 };
-use crate::manifest::{DroppedTable, LayerDesc, Manifest};
+use crate::manifest::{Ancestor as ManifestAncestor, DroppedTable, LayerDesc, Manifest};
 use crate::remote_layout;
 use crate::store::{ScanLimits, ScanPage, Store};
-use rowcodec::{TableDef, CATALOG_TABLE_ID, FIRST_USER_TABLE_ID};
+use rowcodec::{TableDef, CATALOG_TABLE_ID, COMMIT_TIMES_TABLE_ID, FIRST_USER_TABLE_ID};
 
 pub struct Timeline {
     tenant_id: TenantId,
     timeline_id: TimelineId,
     generation: u32,
+    /// Where reads below the branch point go, for a branch.
+    ancestor: Option<AncestorRef>,
     storage: LayerStorage,
     state: RwLock<TimelineState>,
     last_record_lsn: watch::Sender<Lsn>,
@@ -70,6 +72,13 @@ pub struct Timeline {
     uploads: tokio::sync::Mutex<UploadState>,
     delta_layer_bytes_target: usize,
     compaction_delta_layers_min: usize,
+}
+
+/// A branch's parent and the LSN it branched at: the branch's state at any LSN at or below
+/// `lsn`, and everything its own layers do not hold above it, is the parent's at `lsn`.
+pub struct AncestorRef {
+    pub timeline: Arc<Timeline>,
+    pub lsn: Lsn,
 }
 
 /// The WAL above `start` (exclusive) up to `end`, frozen: no longer written, not yet flushed.
@@ -90,6 +99,8 @@ struct TimelineState {
     /// Table id → LSN of its `DropTable`, over the whole timeline.
     dropped: BTreeMap<u32, Lsn>,
     n_ignored_ops: u64,
+    /// The commit time last recorded in `COMMIT_TIMES_TABLE_ID` (kept non-decreasing).
+    last_commit_time_us: u64,
 }
 
 struct UploadState {
@@ -108,51 +119,54 @@ const UNLIMITED_SCAN: ScanLimits = ScanLimits {
 };
 
 impl Timeline {
-    /// Opens the timeline from the object store alone (its layer files are read on demand)
-    /// and claims the next generation.
+    /// Opens a root timeline from the object store alone (its layer files are read on
+    /// demand), or starts it empty if the object store has none; claims the next generation.
     pub async fn load(
         remote: RemoteStorage,
         cache: Arc<BlockCache>,
         tenant_id: TenantId,
         timeline_id: TimelineId,
     ) -> Result<Timeline> {
-        let prefix = remote_layout::timeline_prefix(tenant_id, timeline_id);
-        let objects = remote.list(&prefix).await?;
-        let highest = objects
-            .iter()
-            .filter_map(|object| object.key.strip_prefix(prefix.as_str())?.strip_prefix('/'))
-            .filter_map(remote_layout::parse_index_file_name)
-            .max();
-        let manifest = match highest {
-            None => Manifest::empty(tenant_id, timeline_id, 0),
-            Some(highest) => {
-                let key = remote_layout::index_key(tenant_id, timeline_id, highest);
-                let bytes = remote.get(&key, MANIFEST_BYTES_MAX).await?;
-                let manifest = Manifest::decode(&bytes, tenant_id, timeline_id)
-                    .map_err(|e| at_key(e, &key))?;
-                if manifest.generation != highest {
-                    let reason = format!("names generation {}", manifest.generation);
-                    return Err(PageserverError::corrupt(
-                        format!("timeline index {key}"),
-                        reason,
-                    ));
-                }
-                tracing::info!(
-                    "timeline {timeline_id}: loaded generation {highest}'s index, {} layers up to LSN {}",
-                    manifest.layers.len(),
-                    manifest.remote_consistent_lsn()
-                );
-                manifest
+        let index = read_index(&remote, tenant_id, timeline_id).await?;
+        Timeline::open(remote, cache, tenant_id, timeline_id, index, None).await
+    }
+
+    /// Opens the timeline whose newest index is `index` (`None`: a new, empty root timeline)
+    /// and claims the next generation. A branch needs its `ancestor`, opened first.
+    pub async fn open(
+        remote: RemoteStorage,
+        cache: Arc<BlockCache>,
+        tenant_id: TenantId,
+        timeline_id: TimelineId,
+        index: Option<Manifest>,
+        ancestor: Option<Arc<Timeline>>,
+    ) -> Result<Timeline> {
+        let (manifest, generation) = match index {
+            None => (Manifest::empty(tenant_id, timeline_id, 0), 1),
+            Some(manifest) => {
+                let next = manifest.generation.checked_add(1).ok_or_else(|| {
+                    PageserverError::Internal(format!(
+                        "timeline {timeline_id} has run out of generations"
+                    ))
+                })?;
+                (manifest, next)
             }
         };
-        let remote_consistent_lsn = manifest.remote_consistent_lsn();
-        let generation = match highest {
-            None => 1,
-            Some(highest) => highest.checked_add(1).ok_or_else(|| {
-                PageserverError::Internal(format!(
-                    "timeline {timeline_id} has run out of generations"
-                ))
-            })?,
+        let ancestor = match (&manifest.ancestor, ancestor) {
+            (None, None) => None,
+            (Some(named), Some(given)) if named.timeline == given.timeline_id.to_string() => {
+                Some(AncestorRef {
+                    timeline: given,
+                    lsn: Lsn(named.lsn),
+                })
+            }
+            (named, given) => {
+                return Err(PageserverError::Internal(format!(
+                    "timeline {timeline_id}: its index names ancestor {:?}, opened with {:?}",
+                    named.as_ref().map(|a| &a.timeline),
+                    given.map(|g| g.timeline_id)
+                )))
+            }
         };
         // Claim the generation now rather than at the first checkpoint: a second pageserver
         // that picked the same number fails here, before it serves anything.
@@ -160,6 +174,72 @@ impl Timeline {
             generation,
             ..manifest
         };
+        Timeline::claim(remote, cache, claimed, ancestor).await
+    }
+
+    /// Creates a branch of `ancestor` at `lsn` (at or below what the ancestor has applied;
+    /// below the ancestor's own branch LSN is fine too, reads there go further up): an index
+    /// naming the ancestor and no layers, so nothing is copied. Refused if the id has an
+    /// index already.
+    pub async fn create_branch(
+        remote: RemoteStorage,
+        cache: Arc<BlockCache>,
+        timeline_id: TimelineId,
+        ancestor: Arc<Timeline>,
+        lsn: Lsn,
+    ) -> Result<Timeline> {
+        let tenant_id = ancestor.tenant_id;
+        if lsn > ancestor.last_record_lsn() {
+            return Err(PageserverError::Conflict(format!(
+                "timeline {} has applied WAL only up to LSN {}, not {lsn}",
+                ancestor.timeline_id,
+                ancestor.last_record_lsn()
+            )));
+        }
+        if read_index(&remote, tenant_id, timeline_id).await?.is_some() {
+            return Err(PageserverError::Conflict(format!(
+                "timeline {timeline_id} already exists"
+            )));
+        }
+        let dropped_tables = ancestor
+            .read_state()?
+            .dropped
+            .iter()
+            .filter(|(_, dropped)| **dropped <= lsn)
+            .map(|(table, dropped)| DroppedTable {
+                table: *table,
+                lsn: dropped.0,
+            })
+            .collect();
+        let manifest = Manifest {
+            generation: 1,
+            remote_consistent_lsn: lsn.0,
+            ancestor: Some(ManifestAncestor {
+                timeline: ancestor.timeline_id.to_string(),
+                lsn: lsn.0,
+            }),
+            dropped_tables,
+            ..Manifest::empty(tenant_id, timeline_id, 1)
+        };
+        let ancestor = AncestorRef {
+            timeline: ancestor,
+            lsn,
+        };
+        Timeline::claim(remote, cache, manifest, Some(ancestor)).await
+    }
+
+    /// Writes `claimed` as its generation's index, create-only, and builds the timeline on
+    /// it.
+    async fn claim(
+        remote: RemoteStorage,
+        cache: Arc<BlockCache>,
+        claimed: Manifest,
+        ancestor: Option<AncestorRef>,
+    ) -> Result<Timeline> {
+        let tenant_id: TenantId = parse_id(&claimed.tenant)?;
+        let timeline_id: TimelineId = parse_id(&claimed.timeline)?;
+        let generation = claimed.generation;
+        let remote_consistent_lsn = claimed.remote_consistent_lsn();
         let key = remote_layout::index_key(tenant_id, timeline_id, generation);
         let manifest_version = remote
             .put_if(&key, claimed.encode(), Expected::Absent)
@@ -180,6 +260,7 @@ impl Timeline {
             tenant_id,
             timeline_id,
             generation,
+            ancestor,
             storage: LayerStorage {
                 remote,
                 cache,
@@ -193,6 +274,7 @@ impl Timeline {
                 layers: Arc::new(LayerSet::new(&claimed.layers)),
                 dropped,
                 n_ignored_ops: 0,
+                last_commit_time_us: 0,
             }),
             last_record_lsn: watch::Sender::new(remote_consistent_lsn),
             remote_consistent_lsn: watch::Sender::new(remote_consistent_lsn),
@@ -203,6 +285,34 @@ impl Timeline {
             delta_layer_bytes_target: DELTA_LAYER_BYTES_TARGET,
             compaction_delta_layers_min: COMPACTION_DELTA_LAYERS_MIN,
         })
+    }
+
+    /// The branch's parent and branch LSN (`None` for a root timeline).
+    pub fn ancestor(&self) -> Option<&AncestorRef> {
+        self.ancestor.as_ref()
+    }
+
+    /// Where this timeline's own WAL starts: its branch LSN, or 0.
+    pub fn start_lsn(&self) -> Lsn {
+        self.ancestor.as_ref().map_or(Lsn::ZERO, |a| a.lsn)
+    }
+
+    /// What the read protocol says about this timeline.
+    pub fn info(&self) -> pageserver_api::TimelineInfo {
+        pageserver_api::TimelineInfo {
+            tenant: self.tenant_id,
+            timeline: self.timeline_id,
+            ancestor: self
+                .ancestor
+                .as_ref()
+                .map(|a| (a.timeline.timeline_id, a.lsn)),
+            last_record_lsn: self.last_record_lsn(),
+            remote_consistent_lsn: self.remote_consistent_lsn(),
+        }
+    }
+
+    pub fn tenant_id(&self) -> TenantId {
+        self.tenant_id
     }
 
     pub fn timeline_id(&self) -> TimelineId {
@@ -266,6 +376,17 @@ impl Timeline {
             !state.dropped.contains_key(&table)
         });
         state.n_ignored_ops += (n_ops - txn.ops.len()) as u64;
+        if txn.commit_time_us > 0 {
+            // Kept non-decreasing, so that "the last commit at or before T" is the last key
+            // at or below T even when computes' clocks disagree a little.
+            let time = txn.commit_time_us.max(state.last_commit_time_us);
+            state.last_commit_time_us = time;
+            txn.ops.push(Op::Put {
+                table: COMMIT_TIMES_TABLE_ID,
+                key: Bytes::copy_from_slice(&time.to_be_bytes()),
+                value: Bytes::copy_from_slice(&lsn.0.to_be_bytes()),
+            });
+        }
         state.open.apply(lsn, &txn);
         for op in &txn.ops {
             if let Op::DropTable { table } = op {
@@ -280,8 +401,23 @@ impl Timeline {
         Ok(())
     }
 
-    /// Waits until WAL up to `lsn` has been applied, at most `timeout`.
+    /// Waits until WAL up to `lsn` has been applied here and, for a branch, up to the
+    /// branch LSN on its ancestors (after a restart they re-apply WAL too); at most `timeout`
+    /// each.
     pub async fn wait_lsn(&self, lsn: Lsn, timeout: Duration) -> Result<()> {
+        self.wait_own_lsn(lsn, timeout).await?;
+        let mut next = self.ancestor.as_ref();
+        while let Some(ancestor) = next {
+            ancestor
+                .timeline
+                .wait_own_lsn(lsn.min(ancestor.lsn), timeout)
+                .await?;
+            next = ancestor.timeline.ancestor.as_ref();
+        }
+        Ok(())
+    }
+
+    async fn wait_own_lsn(&self, lsn: Lsn, timeout: Duration) -> Result<()> {
         let mut receiver = self.last_record_lsn.subscribe();
         let waited = tokio::time::timeout(timeout, receiver.wait_for(|have| *have >= lsn))
             .await
@@ -320,7 +456,60 @@ impl Timeline {
         };
         match layers.get(&self.storage, table, key, lsn).await? {
             Lookup::Found(value) => Ok(value),
-            Lookup::NotHere => Ok(None),
+            Lookup::NotHere => match &self.ancestor {
+                Some(ancestor) => {
+                    Box::pin(ancestor.timeline.get(table, key, lsn.min(ancestor.lsn))).await
+                }
+                None => Ok(None),
+            },
+        }
+    }
+
+    /// The LSN of the last commit (the highest LSN) whose commit time is at or before
+    /// `unix_us` (µs since the Unix epoch, by the committing computes' clocks), on this
+    /// timeline or, below the branch point, its ancestors; `None` if no commit that early is
+    /// known.
+    pub async fn lsn_at_time(&self, unix_us: u64) -> Result<Option<Lsn>> {
+        let lsn = self.last_record_lsn();
+        let end = unix_us.saturating_add(1).to_be_bytes();
+        // Look back over a growing window, so that a recent time costs a short scan. Times
+        // are non-decreasing within one timeline, but a branch's first commits may carry
+        // times below its ancestor's last ones: take the highest LSN in the window.
+        let mut window_us: u64 = 60_000_000;
+        loop {
+            let from = unix_us.saturating_sub(window_us);
+            let start = from.to_be_bytes();
+            let mut found: Option<Lsn> = None;
+            let mut after: Option<Bytes> = None;
+            loop {
+                let page = self
+                    .scan(
+                        COMMIT_TIMES_TABLE_ID,
+                        (Some(&start[..]), Some(&end[..])),
+                        lsn,
+                        after.as_deref(),
+                        UNLIMITED_SCAN,
+                    )
+                    .await?;
+                for (_, value) in &page.rows {
+                    let bytes: [u8; 8] = value[..].try_into().map_err(|_| {
+                        PageserverError::corrupt(
+                            format!("commit time entry of timeline {}", self.timeline_id),
+                            format!("value of {} bytes, not 8", value.len()),
+                        )
+                    })?;
+                    let commit = Lsn(u64::from_be_bytes(bytes));
+                    found = found.max(Some(commit));
+                }
+                match page.resume_after {
+                    Some(key) => after = Some(key),
+                    None => break,
+                }
+            }
+            if found.is_some() || from == 0 {
+                return Ok(found);
+            }
+            window_us = window_us.saturating_mul(8);
         }
     }
 
@@ -375,7 +564,16 @@ impl Timeline {
             (memory, state.layers.clone())
         };
         layers
-            .scan_step(&self.storage, table, range, lsn, after_key, &memory, limits)
+            .scan_step(
+                &self.storage,
+                table,
+                range,
+                lsn,
+                after_key,
+                &memory,
+                self.ancestor.as_ref(),
+                limits,
+            )
             .await
     }
 
@@ -551,6 +749,7 @@ impl Timeline {
                     lsn,
                     after.as_deref(),
                     &MemoryRange::default(),
+                    self.ancestor.as_ref(),
                     UNLIMITED_SCAN,
                 )
                 .await?;
@@ -654,10 +853,56 @@ fn freeze(state: &mut TimelineState, end: Lsn) {
     }
 }
 
+/// The index of the newest generation of a timeline, checked; `None` if it has none.
+pub async fn read_index(
+    remote: &RemoteStorage,
+    tenant_id: TenantId,
+    timeline_id: TimelineId,
+) -> Result<Option<Manifest>> {
+    let prefix = remote_layout::timeline_prefix(tenant_id, timeline_id);
+    let objects = remote.list(&prefix).await?;
+    let highest = objects
+        .iter()
+        .filter_map(|object| object.key.strip_prefix(prefix.as_str())?.strip_prefix('/'))
+        .filter_map(remote_layout::parse_index_file_name)
+        .max();
+    let Some(highest) = highest else {
+        return Ok(None);
+    };
+    let key = remote_layout::index_key(tenant_id, timeline_id, highest);
+    let bytes = remote.get(&key, MANIFEST_BYTES_MAX).await?;
+    let manifest = Manifest::decode(&bytes, tenant_id, timeline_id).map_err(|e| at_key(e, &key))?;
+    if manifest.generation != highest {
+        let reason = format!("names generation {}", manifest.generation);
+        return Err(PageserverError::corrupt(
+            format!("timeline index {key}"),
+            reason,
+        ));
+    }
+    tracing::info!(
+        "timeline {timeline_id}: found generation {highest}'s index, {} layers up to LSN {}",
+        manifest.layers.len(),
+        manifest.remote_consistent_lsn()
+    );
+    Ok(Some(manifest))
+}
+
+fn parse_id<T: std::str::FromStr<Err = ids::ParseIdError>>(text: &str) -> Result<T> {
+    text.parse()
+        .map_err(|e: ids::ParseIdError| PageserverError::Internal(format!("index id: {e}")))
+}
+
 fn poisoned() -> PageserverError {
     PageserverError::Internal("timeline state lock poisoned by an earlier panic".into())
 }
 
+#[path = "timeline_columns.rs"]
+pub mod columns;
+
 #[cfg(test)]
 #[path = "timeline_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "timeline_branch_tests.rs"]
+mod branch_tests;

@@ -7,8 +7,12 @@
 //!        ◀─ WalOffloaded { wal_start }: read offloaded chunks (wal/<timeline>/...) from the
 //!           object store up to wal_start, ingest them, reconnect
 //!  error, end of stream, or no frame for 5 s ─▶ pause (100 ms doubling to 2 s) ─▶ safekeeper i+1
-//!  no WAL for 5 s while another safekeeper (asked with Hello) has committed more ─▶ that one
+//!  no WAL for 5 s while another safekeeper (asked with TimelineStatus) has committed more ─▶ that one
 //! ```
+//!
+//! A safekeeper that does not have the timeline yet (only a compute's `Hello` creates it)
+//! answers `Error`; like any error, that is retried with the same backoff, on the next
+//! safekeeper, until a compute has created the timeline.
 //!
 //! [`send_feedback`] runs beside it: whenever more of the timeline is durable in the object
 //! store, it tells every safekeeper (`Feedback`, on a connection of its own to each), which
@@ -28,7 +32,7 @@ use std::time::{Duration, Instant};
 
 use ids::Lsn;
 use remote_storage::wal_objects;
-use safekeeper_api::{Request, Response};
+use safekeeper_api::{AcceptorStatus, Request, Response};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
@@ -215,18 +219,45 @@ async fn most_advanced(
         .max_by_key(|(_, commit_lsn)| *commit_lsn)
 }
 
-/// A safekeeper's commit LSN, from the `Status` that answers `Hello` (which changes nothing
-/// on the safekeeper); `None` if it does not answer in time.
+/// A safekeeper's commit LSN, from the `Status` that answers `TimelineStatus` (which changes
+/// nothing on the safekeeper and never creates the timeline); `None` if it does not have the
+/// timeline or does not answer in time.
 async fn probe_commit_lsn(timeline: &Timeline, addr: SocketAddr) -> Option<Lsn> {
+    probe_status(timeline, addr)
+        .await
+        .map(|status| status.commit_lsn)
+}
+
+/// The end of the WAL flushed on a majority of `safekeepers`: every acknowledged commit of
+/// the timeline is at or below it (a compute acknowledges a commit only once a majority has
+/// flushed it). `None` when fewer than a majority answer.
+pub async fn majority_flush_lsn(timeline: &Timeline, safekeepers: &[SocketAddr]) -> Option<Lsn> {
+    let probes = safekeepers.iter().map(|addr| probe_status(timeline, *addr));
+    let mut flushed: Vec<Lsn> = futures::future::join_all(probes)
+        .await
+        .into_iter()
+        .flatten()
+        .map(|status| status.flush_lsn)
+        .collect();
+    let majority = safekeepers.len() / 2 + 1;
+    if flushed.len() < majority {
+        return None;
+    }
+    // The majority-th highest: that many safekeepers have flushed at least this far.
+    flushed.sort_unstable_by(|a, b| b.cmp(a));
+    Some(flushed[majority - 1])
+}
+
+async fn probe_status(timeline: &Timeline, addr: SocketAddr) -> Option<AcceptorStatus> {
     let probe = async {
         let mut stream = TcpStream::connect(addr).await.ok()?;
-        let hello = Request::Hello {
+        let probe = Request::TimelineStatus {
             timeline: timeline.timeline_id(),
         };
-        wire::write_frame(&mut stream, &hello.encode()).await.ok()?;
+        wire::write_frame(&mut stream, &probe.encode()).await.ok()?;
         let frame = wire::read_frame(&mut stream).await.ok()??;
         match Response::decode(&frame).ok()? {
-            Response::Status(status) => Some(status.commit_lsn),
+            Response::Status(status) => Some(status),
             _ => None,
         }
     };

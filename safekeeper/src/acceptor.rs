@@ -15,6 +15,10 @@
 //!   a proposer of an older term (an old primary) is fenced as soon as a newer one is voted.
 //! - The control file's `flush_lsn` is never above the durable end of WAL: recovery scans
 //!   forward from it and must not resurrect a truncated tail.
+//! - A timeline's WAL starts at `timeline_start_lsn` (0 for a root timeline, the branch LSN
+//!   for a branch), fixed when the timeline is created: `timeline_start_lsn <= commit_lsn
+//!   <= flush_lsn`, the start is a record boundary, and nothing below it is ever read (a
+//!   read below it is an error: there is no WAL there, here or anywhere).
 //! - After a failed write, fsync, truncation or control write the acceptor refuses all
 //!   further work (the disk state is unknown); a restart recovers from disk.
 
@@ -43,6 +47,55 @@ pub struct ControlState {
     pub backup_lsn: Lsn,
     /// The pageserver's state up to this LSN is durable in the object store.
     pub remote_consistent_lsn: Lsn,
+    /// Where the timeline's WAL starts (its branch LSN; 0 for a root timeline). Set when the
+    /// timeline is created and never changed; no WAL below it exists.
+    pub timeline_start_lsn: Lsn,
+}
+
+impl ControlState {
+    /// The state of a timeline created with its WAL starting at `start_lsn`: every LSN at
+    /// the start, no term yet.
+    pub fn new_timeline(start_lsn: Lsn) -> ControlState {
+        ControlState {
+            term: 0,
+            term_history: TermHistory::default(),
+            flush_lsn: start_lsn,
+            commit_lsn: start_lsn,
+            backup_lsn: start_lsn,
+            remote_consistent_lsn: start_lsn,
+            timeline_start_lsn: start_lsn,
+        }
+    }
+
+    /// Checks how the LSNs relate: `timeline_start_lsn <= commit_lsn <= flush_lsn`, and the
+    /// backup and pageserver LSNs at or above the start.
+    pub fn validate_lsns(&self) -> Result<(), String> {
+        if self.commit_lsn > self.flush_lsn {
+            return Err(format!(
+                "commit_lsn {} above flush_lsn {}",
+                self.commit_lsn, self.flush_lsn
+            ));
+        }
+        let start = self.timeline_start_lsn;
+        for (name, lsn) in [
+            ("commit_lsn", self.commit_lsn),
+            ("backup_lsn", self.backup_lsn),
+            ("remote_consistent_lsn", self.remote_consistent_lsn),
+        ] {
+            if lsn < start {
+                return Err(format!("{name} {lsn} below the timeline's start {start}"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Up to where local WAL may have been removed: WAL below this is offloaded, durable at
+    /// the pageserver and committed (see [`Acceptor::offloaded`]).
+    pub fn removal_horizon(&self) -> Lsn {
+        self.backup_lsn
+            .min(self.remote_consistent_lsn)
+            .min(self.commit_lsn)
+    }
 }
 
 /// Durable storage of one timeline's acceptor: a control state and a WAL byte stream.
@@ -64,7 +117,8 @@ pub trait AcceptorStorage: Send + 'static {
     /// The raw WAL bytes `[start, end)`; `wal_start() <= start` and `end` is at most the end
     /// of the written WAL.
     fn read_wal_raw(&mut self, start: Lsn, end: Lsn) -> Result<Vec<u8>>;
-    /// The first WAL byte kept locally: WAL below it was offloaded and removed.
+    /// The first WAL byte kept locally: WAL below it was offloaded and removed, or (below
+    /// the timeline's start) never existed. Never below the timeline's start.
     fn wal_start(&self) -> Lsn;
     /// Removes, durably, whole stretches of WAL below `lsn` (whole segment files); returns
     /// the new [`AcceptorStorage::wal_start`], which stays at or below `lsn`.
@@ -148,6 +202,8 @@ pub struct Acceptor<S: AcceptorStorage> {
     commit_lsn: Lsn,
     /// The control state as last persisted.
     persisted: ControlState,
+    /// See [`ControlState::timeline_start_lsn`]; never changes.
+    timeline_start_lsn: Lsn,
     /// See [`ControlState::backup_lsn`]; persisted with the next control write.
     backup_lsn: Lsn,
     /// See [`ControlState::remote_consistent_lsn`]; persisted with the next control write.
@@ -202,9 +258,16 @@ impl<S: AcceptorStorage> Acceptor<S> {
         }
         validate_term_history(&control.term_history, control.term)
             .map_err(SafekeeperError::Corrupt)?;
+        control.validate_lsns().map_err(SafekeeperError::Corrupt)?;
         let wal_start = storage.wal_start();
+        if wal_start < control.timeline_start_lsn || wal_start > wal_end {
+            return Err(SafekeeperError::Internal(format!(
+                "the local WAL starts at {wal_start}, outside the timeline's WAL [{}, {wal_end}]",
+                control.timeline_start_lsn
+            )));
+        }
         let mut boundary_hints: Vec<Lsn> = vec![
-            Lsn::ZERO,
+            control.timeline_start_lsn,
             control.flush_lsn,
             wal_end,
             control.backup_lsn.min(wal_end),
@@ -218,7 +281,7 @@ impl<S: AcceptorStorage> Acceptor<S> {
                 .filter(|l| *l <= wal_end),
         );
         // Below the local WAL's start no walk can begin (the backup LSN is a boundary at or
-        // above it once anything was removed).
+        // above it once anything was removed; the timeline's start is one until then).
         boundary_hints.retain(|hint| *hint >= wal_start);
         boundary_hints.sort_unstable();
         boundary_hints.dedup();
@@ -230,6 +293,7 @@ impl<S: AcceptorStorage> Acceptor<S> {
             commit_lsn: control.commit_lsn,
             backup_lsn: control.backup_lsn,
             remote_consistent_lsn: control.remote_consistent_lsn,
+            timeline_start_lsn: control.timeline_start_lsn,
             persisted: control,
             boundary_hints,
             broken: None,
@@ -253,6 +317,9 @@ impl<S: AcceptorStorage> Acceptor<S> {
     }
     pub fn commit_lsn(&self) -> Lsn {
         self.commit_lsn
+    }
+    pub fn timeline_start_lsn(&self) -> Lsn {
+        self.timeline_start_lsn
     }
     pub fn storage(&self) -> &S {
         &self.storage
@@ -282,7 +349,10 @@ impl<S: AcceptorStorage> Acceptor<S> {
     pub fn handle(&mut self, session: &mut ProposerSession, request: Request) -> Result<Response> {
         self.check_usable()?;
         match request {
-            Request::Hello { .. } => Ok(Response::Status(self.status())),
+            Request::Hello { start_lsn, .. } => Ok(match self.check_hello(start_lsn) {
+                Ok(()) => Response::Status(self.status()),
+                Err(message) => error_response(message),
+            }),
             Request::RequestVote { term } => {
                 let result = self.request_vote(term);
                 self.poison_on_error(result)
@@ -320,16 +390,49 @@ impl<S: AcceptorStorage> Acceptor<S> {
                 Ok(data) => Response::Wal { start_lsn, data },
                 Err(e) => error_response(format!("cannot read WAL at {start_lsn}: {e}")),
             }),
-            Request::StartReplication { .. } | Request::Feedback { .. } => Ok(error_response(
-                "StartReplication and Feedback open connections of their own".into(),
+            Request::StartReplication { .. }
+            | Request::Feedback { .. }
+            | Request::TimelineStatus { .. } => Ok(error_response(
+                "StartReplication, Feedback and TimelineStatus open connections of their own"
+                    .into(),
             )),
         }
+    }
+
+    /// Whether a proposer that believes the timeline's WAL starts at `start_lsn` may work on
+    /// this timeline. `Err` says why not. Refused: a start above the end of this
+    /// safekeeper's WAL (it would lack WAL the proposer takes for granted), and a start that
+    /// differs from the recorded one while the timeline holds no WAL of its own (two
+    /// creators disagree on where the timeline starts, and nothing here settles it).
+    pub fn check_hello(&self, start_lsn: Lsn) -> Result<(), String> {
+        if start_lsn > self.flush_lsn {
+            return Err(format!(
+                "Hello with start_lsn {start_lsn}: this safekeeper's WAL of the timeline ends at {} (it starts at {}), below the start the proposer expects",
+                self.flush_lsn, self.timeline_start_lsn
+            ));
+        }
+        if start_lsn != self.timeline_start_lsn && self.flush_lsn == self.timeline_start_lsn {
+            return Err(format!(
+                "Hello with start_lsn {start_lsn}: this safekeeper created the timeline with its WAL starting at {} and holds no WAL of it yet; the timeline's start is not {start_lsn}",
+                self.timeline_start_lsn
+            ));
+        }
+        Ok(())
     }
 
     fn persist(&mut self, control: ControlState) -> Result<()> {
         assert!(
             control.flush_lsn <= self.flush_lsn,
             "the control file never points past the durable WAL"
+        );
+        assert_eq!(
+            control.timeline_start_lsn, self.timeline_start_lsn,
+            "the timeline's start never changes"
+        );
+        assert!(
+            control.validate_lsns().is_ok(),
+            "the control state is consistent: {:?}",
+            control.validate_lsns()
         );
         assert!(
             control.commit_lsn <= control.flush_lsn,
@@ -354,6 +457,7 @@ impl<S: AcceptorStorage> Acceptor<S> {
             commit_lsn: self.commit_lsn,
             backup_lsn: self.backup_lsn,
             remote_consistent_lsn: self.remote_consistent_lsn,
+            timeline_start_lsn: self.timeline_start_lsn,
         }
     }
 
@@ -463,11 +567,14 @@ impl<S: AcceptorStorage> Acceptor<S> {
     }
 
     /// Whether `lsn` (at most `flush_lsn`) is a record boundary, by walking records from the
-    /// nearest known boundary below it.
+    /// nearest known boundary below it. The timeline's start is one; nothing below it is.
     fn is_record_boundary(&mut self, lsn: Lsn) -> Result<bool> {
+        if lsn < self.timeline_start_lsn {
+            return Ok(false);
+        }
         let idx = self.boundary_hints.partition_point(|hint| *hint <= lsn);
         let mut pos = if idx == 0 {
-            Lsn::ZERO
+            self.timeline_start_lsn
         } else {
             self.boundary_hints[idx - 1]
         };
@@ -482,7 +589,11 @@ impl<S: AcceptorStorage> Acceptor<S> {
     }
 
     fn add_boundary_hint(&mut self, lsn: Lsn) {
-        let last = self.boundary_hints.last().copied().unwrap_or(Lsn::ZERO);
+        let last = self
+            .boundary_hints
+            .last()
+            .copied()
+            .unwrap_or(self.timeline_start_lsn);
         if lsn.0 >= last.0 + BOUNDARY_HINT_STRIDE_BYTES {
             self.boundary_hints.push(lsn);
         }
@@ -613,8 +724,16 @@ impl<S: AcceptorStorage> Acceptor<S> {
     }
 
     /// Reads records; when one fails its checks, cuts the local WAL before it (see
-    /// [`Acceptor::cut_at_corruption`]) and returns the error: no reader gets bad bytes.
+    /// [`Acceptor::cut_at_corruption`]) and returns the error: no reader gets bad bytes. A
+    /// read below the timeline's start is refused before the storage is touched: the bytes
+    /// there (a hole in the first segment) are not WAL.
     fn read_verified(&mut self, start: Lsn, end: Lsn, max_bytes: usize) -> Result<Bytes> {
+        if start < self.timeline_start_lsn {
+            return Err(SafekeeperError::BelowTimelineStart {
+                lsn: start,
+                timeline_start: self.timeline_start_lsn,
+            });
+        }
         match self.storage.read_records(start, end, max_bytes) {
             Err(SafekeeperError::CorruptRecord { lsn, reason }) => {
                 let cut = self.cut_at_corruption(lsn);

@@ -565,3 +565,183 @@ fn segment_completion_checkpoints_the_control_state() {
     assert_eq!(acceptor.storage().control().commit_lsn, Lsn(end));
     assert_eq!(acceptor.storage().control().flush_lsn, Lsn(end));
 }
+
+/// A branch's start: inside a segment, far from LSN 0.
+const BRANCH_START: u64 = 3 * crate::limits::SEGMENT_BYTES + 4_321;
+
+fn hello(acceptor: &mut Acceptor<MemoryStorage>, start_lsn: u64) -> Response {
+    let request = Request::Hello {
+        timeline: ids::TimelineId::from_u128(1),
+        start_lsn: Lsn(start_lsn),
+    };
+    acceptor
+        .handle(&mut ProposerSession::default(), request)
+        .unwrap()
+}
+
+fn read_wal(acceptor: &mut Acceptor<MemoryStorage>, start: u64, end: u64) -> Response {
+    let request = Request::ReadWal {
+        start_lsn: Lsn(start),
+        end_lsn: Lsn(end),
+        max_bytes: u32::MAX,
+    };
+    acceptor
+        .handle(&mut ProposerSession::default(), request)
+        .unwrap()
+}
+
+#[test]
+fn a_timeline_created_at_a_start_lsn_serves_wal_from_there_only() {
+    let start = BRANCH_START;
+    let mut acceptor = Acceptor::open(MemoryStorage::new_at(Lsn(start))).unwrap();
+    let status = acceptor.status();
+    assert_eq!(
+        (status.term, status.flush_lsn, status.commit_lsn),
+        (0, Lsn(start), Lsn(start))
+    );
+    assert!(status.term_history.0.is_empty());
+    assert_eq!(
+        (acceptor.backup_lsn(), acceptor.remote_consistent_lsn()),
+        (Lsn(start), Lsn(start))
+    );
+    assert_eq!(acceptor.wal_start(), Lsn(start));
+    assert_eq!(hello(&mut acceptor, start), Response::Status(status));
+
+    // The first term's history starts at the timeline's start; appends go there.
+    let records: Vec<Bytes> = (0..3).map(|xid| record(xid, 30)).collect();
+    let (mut session, end) = elected_with(&mut acceptor, 1, &records);
+    assert_eq!(acceptor.status().term_history, history(&[(1, start)]));
+    let commit = start + records[0].len() as u64;
+    append(&mut acceptor, &mut session, 1, end, commit, Bytes::new());
+    assert_eq!(acceptor.commit_lsn(), Lsn(commit));
+
+    // Reads from the start return the records; nothing below it is WAL.
+    let all: Vec<u8> = records.iter().flat_map(|r| r.to_vec()).collect();
+    assert_eq!(
+        read_wal(&mut acceptor, start, end),
+        Response::Wal {
+            start_lsn: Lsn(start),
+            data: Bytes::from(all.clone())
+        }
+    );
+    for below in [0, start - 1, start - 100] {
+        match read_wal(&mut acceptor, below, end) {
+            Response::Error { message } => {
+                assert!(
+                    message.contains("the timeline's WAL starts at"),
+                    "{message}"
+                )
+            }
+            other => panic!("a read at {below} below the start answered {other:?}"),
+        }
+        assert!(matches!(
+            acceptor.read_committed(Lsn(below), 1 << 20),
+            Err(SafekeeperError::BelowTimelineStart { .. })
+        ));
+    }
+    assert_eq!(acceptor.flush_lsn(), Lsn(end), "a bad read cuts nothing");
+
+    // A newer term cannot cut below the start (it is below the commit LSN).
+    assert!(vote(&mut acceptor, 2));
+    let (_, refused) = elect(&mut acceptor, 2, &[(1, start), (2, end)], start - 1);
+    assert!(matches!(refused, Response::Error { .. }), "{refused:?}");
+    assert_eq!(acceptor.flush_lsn(), Lsn(end));
+
+    // A restart keeps the start and the WAL.
+    let mut acceptor = restart(acceptor, 0);
+    assert_eq!(acceptor.timeline_start_lsn(), Lsn(start));
+    assert_eq!(acceptor.flush_lsn(), Lsn(end));
+    assert_eq!(
+        read_wal(&mut acceptor, start, end),
+        Response::Wal {
+            start_lsn: Lsn(start),
+            data: Bytes::from(all)
+        }
+    );
+}
+
+#[test]
+fn hello_with_another_start_is_refused_and_changes_nothing() {
+    let start = BRANCH_START;
+    let mut acceptor = Acceptor::open(MemoryStorage::new_at(Lsn(start))).unwrap();
+    let before = acceptor.storage().control().clone();
+    // No WAL of its own yet: any other start is a disagreement about the timeline.
+    for other in [0, start - 1, start + 1, start + 1_000_000] {
+        match hello(&mut acceptor, other) {
+            Response::Error { message } => {
+                assert!(message.contains(&format!("{}", Lsn(other))), "{message}")
+            }
+            answer => panic!("Hello at {other} answered {answer:?}"),
+        }
+    }
+    assert_eq!(acceptor.storage().control(), &before);
+    assert_eq!(acceptor.flush_lsn(), Lsn(start));
+
+    // With WAL of its own: a start above its flush LSN is refused, one at or below it is
+    // not (the terms then decide what the logs share).
+    let (_, end) = elected_with(&mut acceptor, 1, &[record(1, 10)]);
+    let before = acceptor.storage().control().clone();
+    assert!(matches!(
+        hello(&mut acceptor, end + 1),
+        Response::Error { .. }
+    ));
+    assert!(matches!(hello(&mut acceptor, start), Response::Status(_)));
+    assert!(matches!(hello(&mut acceptor, end), Response::Status(_)));
+    assert_eq!(acceptor.storage().control(), &before);
+    assert_eq!(acceptor.flush_lsn(), Lsn(end));
+
+    // A root timeline refuses a branch's start.
+    let mut root = Acceptor::open(MemoryStorage::new()).unwrap();
+    assert!(matches!(hello(&mut root, 4096), Response::Error { .. }));
+    assert!(matches!(hello(&mut root, 0), Response::Status(_)));
+}
+
+#[test]
+fn an_uncommitted_tail_is_cut_back_to_the_timeline_start() {
+    let start = BRANCH_START;
+    let mut acceptor = Acceptor::open(MemoryStorage::new_at(Lsn(start))).unwrap();
+    let records: Vec<Bytes> = (0..2).map(|xid| record(xid, 20)).collect();
+    elected_with(&mut acceptor, 1, &records);
+    assert_eq!(acceptor.commit_lsn(), Lsn(start));
+    // Term 2 continues another safekeeper's log that has none of term 1's WAL: the start is
+    // the agreement point, and a record boundary.
+    assert!(vote(&mut acceptor, 2));
+    let (_, response) = elect(&mut acceptor, 2, &[(2, start)], start);
+    assert_eq!(
+        response,
+        Response::Flushed {
+            term: 2,
+            flush_lsn: Lsn(start)
+        }
+    );
+    let mut acceptor = restart(acceptor, usize::MAX);
+    assert_eq!(acceptor.flush_lsn(), Lsn(start));
+    assert_eq!(acceptor.status().term_history, history(&[(2, start)]));
+    assert_eq!(
+        read_wal(&mut acceptor, start, start + 1000),
+        Response::Wal {
+            start_lsn: Lsn(start),
+            data: Bytes::new()
+        }
+    );
+}
+
+/// WAL offload and removal on a timeline that starts inside a segment: the local WAL's start
+/// never goes below the timeline's start, and removal of whole segments below the horizon
+/// never touches the start's segment before the horizon passes it.
+#[test]
+fn removal_on_a_timeline_that_starts_inside_a_segment() {
+    let start = BRANCH_START;
+    let mut acceptor = Acceptor::open(MemoryStorage::new_at(Lsn(start))).unwrap();
+    let records: Vec<Bytes> = (0..4).map(|xid| record(xid, 50)).collect();
+    let (mut session, end) = elected_with(&mut acceptor, 1, &records);
+    append(&mut acceptor, &mut session, 1, end, end, Bytes::new());
+    acceptor.note_remote_consistent_lsn(Lsn(end));
+    let first_end = start + records[0].len() as u64;
+    assert_eq!(acceptor.offloaded(Lsn(first_end)).unwrap(), Lsn(start));
+    assert_eq!(acceptor.storage().control().backup_lsn, Lsn(first_end));
+    assert!(matches!(
+        read_wal(&mut acceptor, start, end),
+        Response::Wal { .. }
+    ));
+}

@@ -6,10 +6,13 @@
 //! +------------+--------------+-------------+-----------------------+------------+
 //! payload = term: u64, flush_lsn: u64, commit_lsn: u64,
 //!           backup_lsn: u64, remote_consistent_lsn: u64,        (version 2 on)
+//!           timeline_start_lsn: u64,                             (version 3 on)
 //!           n_entries: u32, n_entries x (term: u64, start_lsn: u64)
 //! ```
 //!
-//! Version 1 files (without the two offload LSNs) are read as if both were 0.
+//! Version 1 files (without the two offload LSNs) are read as if both were 0; version 1 and
+//! 2 files (written before branches) as timelines starting at 0. A decoded state must have
+//! `timeline_start_lsn <= commit_lsn <= flush_lsn` and the offload LSNs at or above the start.
 //!
 //! Integers are big-endian; the CRC32C covers every byte before it. The file is replaced
 //! atomically: written to `control.tmp`, fsynced, renamed over `control`, and the folder
@@ -32,7 +35,7 @@ pub const CONTROL_FILE_NAME: &str = "control";
 const CONTROL_TEMP_FILE_NAME: &str = "control.tmp";
 const MAGIC: [u8; 8] = *b"OMSKCTRL";
 /// Version of the control file layout written.
-pub const CONTROL_FORMAT_VERSION: u32 = 2;
+pub const CONTROL_FORMAT_VERSION: u32 = 3;
 /// The oldest layout still read.
 const CONTROL_FORMAT_VERSION_MIN: u32 = 1;
 const HEADER_BYTES: usize = 16;
@@ -45,7 +48,8 @@ pub fn encode(control: &ControlState) -> Vec<u8> {
         .lsn(control.flush_lsn)
         .lsn(control.commit_lsn)
         .lsn(control.backup_lsn)
-        .lsn(control.remote_consistent_lsn);
+        .lsn(control.remote_consistent_lsn)
+        .lsn(control.timeline_start_lsn);
     payload.u32(control.term_history.0.len() as u32);
     for entry in &control.term_history.0 {
         payload.u64(entry.term).lsn(entry.start_lsn);
@@ -102,6 +106,11 @@ pub fn decode(bytes: &[u8]) -> Result<ControlState> {
     } else {
         (ids::Lsn::ZERO, ids::Lsn::ZERO)
     };
+    let timeline_start_lsn = if version >= 3 {
+        decoder.lsn().map_err(wire_error)?
+    } else {
+        ids::Lsn::ZERO
+    };
     let n_entries = decoder.count(16).map_err(wire_error)?;
     let mut entries = Vec::with_capacity(n_entries);
     for _ in 0..n_entries {
@@ -118,13 +127,10 @@ pub fn decode(bytes: &[u8]) -> Result<ControlState> {
         commit_lsn,
         backup_lsn,
         remote_consistent_lsn,
+        timeline_start_lsn,
     };
     validate_term_history(&control.term_history, control.term).map_err(corrupt)?;
-    if control.commit_lsn > control.flush_lsn {
-        return Err(corrupt(format!(
-            "commit_lsn {commit_lsn} above flush_lsn {flush_lsn}"
-        )));
-    }
+    control.validate_lsns().map_err(corrupt)?;
     Ok(control)
 }
 
@@ -206,7 +212,23 @@ mod tests {
             commit_lsn: Lsn(4500),
             backup_lsn: Lsn(4000),
             remote_consistent_lsn: Lsn(4200),
+            timeline_start_lsn: Lsn(0),
         };
+        let branch = ControlState {
+            term: 2,
+            term_history: TermHistory(vec![TermEntry {
+                term: 2,
+                start_lsn: Lsn(70_000_123),
+            }]),
+            flush_lsn: Lsn(70_000_500),
+            commit_lsn: Lsn(70_000_400),
+            backup_lsn: Lsn(70_000_123),
+            remote_consistent_lsn: Lsn(70_000_200),
+            timeline_start_lsn: Lsn(70_000_123),
+        };
+        assert_eq!(decode(&encode(&branch)).unwrap(), branch);
+        let new = ControlState::new_timeline(Lsn(70_000_123));
+        assert_eq!(decode(&encode(&new)).unwrap(), new);
         let bytes = encode(&control);
         assert_eq!(decode(&bytes).unwrap(), control);
         for idx in 0..bytes.len() {
@@ -216,6 +238,75 @@ mod tests {
         }
         for cut in 0..bytes.len() {
             assert!(decode(&bytes[..cut]).is_err(), "cut at {cut} not caught");
+        }
+    }
+
+    /// A control file of layout `version` with `payload`, as an older build wrote it.
+    fn file_of_version(version: u32, payload: &[u8]) -> Vec<u8> {
+        let mut bytes = MAGIC.to_vec();
+        bytes.extend_from_slice(&version.to_be_bytes());
+        bytes.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+        bytes.extend_from_slice(payload);
+        let crc = crc32c::crc32c(&bytes);
+        bytes.extend_from_slice(&crc.to_be_bytes());
+        bytes
+    }
+
+    #[test]
+    fn version_2_files_read_as_timelines_starting_at_zero() {
+        let mut payload = Encoder::default();
+        payload
+            .u64(3)
+            .lsn(Lsn(900))
+            .lsn(Lsn(800))
+            .lsn(Lsn(700))
+            .lsn(Lsn(600))
+            .u32(1)
+            .u64(3)
+            .lsn(Lsn(0));
+        let control = decode(&file_of_version(2, &payload.finish())).unwrap();
+        assert_eq!(
+            control,
+            ControlState {
+                term: 3,
+                term_history: TermHistory(vec![TermEntry {
+                    term: 3,
+                    start_lsn: Lsn(0)
+                }]),
+                flush_lsn: Lsn(900),
+                commit_lsn: Lsn(800),
+                backup_lsn: Lsn(700),
+                remote_consistent_lsn: Lsn(600),
+                timeline_start_lsn: Lsn::ZERO,
+            }
+        );
+    }
+
+    #[test]
+    fn lsns_below_the_timeline_start_are_refused() {
+        let start = Lsn(10_000);
+        let bad_states = [
+            ControlState {
+                commit_lsn: Lsn(9_999),
+                ..ControlState::new_timeline(start)
+            },
+            ControlState {
+                backup_lsn: Lsn(9_999),
+                ..ControlState::new_timeline(start)
+            },
+            ControlState {
+                remote_consistent_lsn: Lsn(0),
+                ..ControlState::new_timeline(start)
+            },
+            ControlState {
+                flush_lsn: Lsn(9_999),
+                commit_lsn: Lsn(9_999),
+                ..ControlState::new_timeline(start)
+            },
+        ];
+        for control in bad_states {
+            let err = decode(&encode(&control)).unwrap_err().to_string();
+            assert!(err.contains("below the timeline's start"), "{err}");
         }
     }
 
@@ -229,21 +320,18 @@ mod tests {
             .u32(1)
             .u64(3)
             .lsn(Lsn(0));
-        let payload = payload.finish();
-        let mut bytes = MAGIC.to_vec();
-        bytes.extend_from_slice(&1u32.to_be_bytes());
-        bytes.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-        bytes.extend_from_slice(&payload);
-        let crc = crc32c::crc32c(&bytes);
-        bytes.extend_from_slice(&crc.to_be_bytes());
-        let control = decode(&bytes).unwrap();
+        let control = decode(&file_of_version(1, &payload.finish())).unwrap();
         assert_eq!(
             (control.flush_lsn, control.commit_lsn),
             (Lsn(900), Lsn(800))
         );
         assert_eq!(
-            (control.backup_lsn, control.remote_consistent_lsn),
-            (Lsn::ZERO, Lsn::ZERO)
+            (
+                control.backup_lsn,
+                control.remote_consistent_lsn,
+                control.timeline_start_lsn
+            ),
+            (Lsn::ZERO, Lsn::ZERO, Lsn::ZERO)
         );
     }
 }

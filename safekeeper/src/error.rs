@@ -28,6 +28,20 @@ pub enum SafekeeperError {
     /// safekeeper keeps WAL from `wal_start` on.
     #[error("WAL at {lsn} was offloaded and removed from this safekeeper, which keeps WAL from {wal_start} on")]
     WalOffloaded { lsn: ids::Lsn, wal_start: ids::Lsn },
+    /// A read below the timeline's start: there is no WAL there, on this safekeeper or in
+    /// the object store (a branch's state below its start is its parent's).
+    #[error("there is no WAL at {lsn}: the timeline's WAL starts at {timeline_start}")]
+    BelowTimelineStart {
+        lsn: ids::Lsn,
+        timeline_start: ids::Lsn,
+    },
+    /// A request other than `Hello` named a timeline that this safekeeper does not have.
+    /// Only a compute's `Hello` creates a timeline; the caller retries later.
+    #[error("timeline {timeline} is not known to safekeeper {safekeeper}; a compute creates it")]
+    UnknownTimeline {
+        timeline: ids::TimelineId,
+        safekeeper: u32,
+    },
     /// An object-store request failed.
     #[error(transparent)]
     Remote(#[from] remote_storage::RemoteStorageError),

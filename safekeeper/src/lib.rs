@@ -3,7 +3,9 @@
 //! A quorum of safekeepers makes the WAL durable: the primary compute (the proposer) wins
 //! an election in a term, then appends whole WAL records; a safekeeper acknowledges an
 //! append only once it is fsynced, and refuses appends from any older term (fencing). The
-//! pageserver subscribes to a timeline and receives the committed WAL.
+//! pageserver subscribes to a timeline and receives the committed WAL. Only a proposer's
+//! `Hello` creates a timeline, with its WAL starting at the LSN it names (0 for a root
+//! timeline, the branch LSN for a branch); nothing below that start is WAL.
 //!
 //! ```text
 //!  compute (proposer) ──Hello/RequestVote/Elected/Append/ReadWal──▶ server ──▶ Acceptor

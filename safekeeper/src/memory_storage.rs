@@ -26,11 +26,13 @@ pub struct InjectedFaults {
 #[derive(Debug, Clone, Default)]
 pub struct MemoryStorage {
     control: ControlState,
-    /// WAL from LSN 0: what reads see, durable or not.
+    /// WAL from the timeline's start (`control.timeline_start_lsn`, which never changes):
+    /// what reads see, durable or not. Byte `lsn` is `wal[lsn - start]`.
     wal: Vec<u8>,
     /// `wal[..synced_len]` survives a crash.
     synced_len: usize,
-    /// WAL below this was "removed" (reads below it fail as they would on disk).
+    /// WAL below this was "removed" or never existed (below the timeline's start): reads
+    /// below it fail as they would on disk.
     wal_start: Lsn,
     n_syncs: u64,
     pub faults: InjectedFaults,
@@ -44,9 +46,32 @@ fn injected(what: &str) -> SafekeeperError {
 }
 
 impl MemoryStorage {
-    /// An empty timeline.
+    /// An empty timeline whose WAL starts at 0.
     pub fn new() -> MemoryStorage {
         MemoryStorage::default()
+    }
+
+    /// An empty timeline whose WAL starts at `start_lsn` (a branch).
+    pub fn new_at(start_lsn: Lsn) -> MemoryStorage {
+        MemoryStorage {
+            control: ControlState::new_timeline(start_lsn),
+            wal_start: start_lsn,
+            ..MemoryStorage::default()
+        }
+    }
+
+    fn start(&self) -> Lsn {
+        self.control.timeline_start_lsn
+    }
+
+    /// The end of the written WAL.
+    fn end(&self) -> Lsn {
+        self.start().add(self.wal.len() as u64)
+    }
+
+    /// The index in `wal` of WAL byte `lsn` (at or above the timeline's start).
+    fn index(&self, lsn: Lsn) -> usize {
+        (lsn.0 - self.start().0) as usize
     }
 
     /// What a safekeeper restarted after a crash finds: the control state, the synced WAL
@@ -58,14 +83,15 @@ impl MemoryStorage {
             .saturating_add(unsynced_bytes_kept)
             .min(self.wal.len());
         self.wal.truncate(kept_len);
-        let start = self.control.flush_lsn.0 as usize;
-        if start > self.wal.len() {
+        if self.control.flush_lsn > self.end() || self.control.flush_lsn < self.start() {
             return Err(SafekeeperError::Corrupt(format!(
-                "the control file's flush_lsn {} is past the durable WAL end {}",
+                "the control file's flush_lsn {} is outside the durable WAL [{}, {}]",
                 self.control.flush_lsn,
-                self.wal.len()
+                self.start(),
+                self.end()
             )));
         }
+        let start = self.index(self.control.flush_lsn);
         let end = start + wal::valid_prefix_len(&self.wal[start..]);
         self.wal.truncate(end);
         self.synced_len = end;
@@ -80,7 +106,11 @@ impl MemoryStorage {
 
     /// Flips one bit of stored WAL (to test that reads catch corruption).
     pub fn corrupt_wal_byte(&mut self, lsn: Lsn) {
-        if let Some(byte) = self.wal.get_mut(lsn.0 as usize) {
+        if lsn < self.start() {
+            return;
+        }
+        let idx = self.index(lsn);
+        if let Some(byte) = self.wal.get_mut(idx) {
             *byte ^= 0x10;
         }
     }
@@ -95,12 +125,19 @@ impl AcceptorStorage for MemoryStorage {
     /// (Opening an acceptor on a storage that did not crash models a process restart that
     /// kept the page cache.)
     fn wal_end(&self) -> Lsn {
-        Lsn(self.wal.len() as u64)
+        self.end()
     }
 
     fn persist_control(&mut self, control: &ControlState) -> Result<()> {
         if std::mem::take(&mut self.faults.persist_control) {
             return Err(injected("persist_control"));
+        }
+        if control.timeline_start_lsn != self.start() {
+            return Err(SafekeeperError::Internal(format!(
+                "the timeline's start cannot move from {} to {}",
+                self.start(),
+                control.timeline_start_lsn
+            )));
         }
         self.control = control.clone();
         Ok(())
@@ -110,10 +147,10 @@ impl AcceptorStorage for MemoryStorage {
         if std::mem::take(&mut self.faults.write_wal) {
             return Err(injected("write_wal"));
         }
-        if lsn.0 != self.wal.len() as u64 {
+        if lsn != self.end() {
             return Err(SafekeeperError::Internal(format!(
                 "WAL write at {lsn}, but the written WAL ends at {}",
-                Lsn(self.wal.len() as u64)
+                self.end()
             )));
         }
         self.wal.extend_from_slice(data);
@@ -133,12 +170,15 @@ impl AcceptorStorage for MemoryStorage {
         if std::mem::take(&mut self.faults.truncate_wal) {
             return Err(injected("truncate_wal"));
         }
-        if lsn.0 > self.wal.len() as u64 {
+        if lsn > self.end() || lsn < self.start() {
             return Err(SafekeeperError::Internal(format!(
-                "truncation at {lsn} past the end of WAL"
+                "truncation at {lsn} outside the WAL [{}, {}]",
+                self.start(),
+                self.end()
             )));
         }
-        self.wal.truncate(lsn.0 as usize);
+        let len = self.index(lsn);
+        self.wal.truncate(len);
         self.synced_len = self.synced_len.min(self.wal.len());
         Ok(())
     }
@@ -162,12 +202,12 @@ impl AcceptorStorage for MemoryStorage {
                 wal_start: self.wal_start,
             });
         }
-        if start > end || end.0 > self.wal.len() as u64 {
+        if start > end || end > self.end() {
             return Err(SafekeeperError::Internal(format!(
                 "WAL read {start}..{end} outside the written WAL (ends at {})",
-                Lsn(self.wal.len() as u64)
+                self.end()
             )));
         }
-        Ok(self.wal[start.0 as usize..end.0 as usize].to_vec())
+        Ok(self.wal[self.index(start)..self.index(end)].to_vec())
     }
 }

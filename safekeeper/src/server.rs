@@ -6,6 +6,7 @@
 //!  TCP accept ──▶                                 │  Appends in the read buffer share
 //!  (first frame)  StartReplication ──▶ replication│  one fsync)
 //!                 Feedback ──▶ feedback (pageserver's durable LSN; no answers)
+//!                 TimelineStatus ──▶ Status, close│
 //!                 anything else ──▶ Error, close  ▼
 //!                                     Timeline { Mutex<Acceptor<WalStorage>>, watch<commit_lsn> }
 //!                                                 │ commit_lsn advances
@@ -13,11 +14,13 @@
 //!                                                    empty keepalive every second when idle)
 //! ```
 //!
-//! Timelines are opened (or created) on the first `Hello` or `StartReplication` that names
-//! them and shared by all connections. The acceptor's blocking file I/O runs on tokio's
-//! blocking pool while the connection holds the timeline's lock. An error on a connection
-//! is logged, answered with `Response::Error` if the peer still listens, and closes that
-//! connection only.
+//! Timelines found on disk are opened at start-up; only a `Hello` creates one, with its WAL
+//! starting at the `start_lsn` it names. `StartReplication`, `Feedback` and `TimelineStatus`
+//! for a timeline this safekeeper does not have are answered with an `Error` that says so
+//! (the pageserver retries) and create nothing. Timelines are shared by all connections. The
+//! acceptor's blocking file I/O runs on tokio's blocking pool while the connection holds the
+//! timeline's lock. An error on a connection is logged, answered with `Response::Error` if
+//! the peer still listens, and closes that connection only.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -123,14 +126,30 @@ impl Server {
             else {
                 continue;
             };
-            if let Err(e) = self.timeline(id).await {
-                warn!(timeline = %id, "cannot open timeline: {e}");
+            match self.timeline(id).await {
+                Ok(_) => {}
+                Err(SafekeeperError::UnknownTimeline { .. }) => {
+                    info!(timeline = %id, "ignoring a timeline folder whose creation did not finish")
+                }
+                Err(e) => warn!(timeline = %id, "cannot open timeline: {e}"),
             }
         }
     }
 
-    /// The timeline `id`, opened from disk (or created) on first use.
+    /// The timeline `id` if this safekeeper has it (opened from disk on first use);
+    /// [`SafekeeperError::UnknownTimeline`] if not. Creates nothing.
     pub(crate) async fn timeline(&self, id: TimelineId) -> Result<Arc<Timeline>> {
+        self.timeline_or_create(id, None).await
+    }
+
+    /// The timeline `id`, opened from disk on first use, or, with `create_at`, created with
+    /// its WAL starting there if this safekeeper does not have it. Concurrent callers wait
+    /// for one another, so a timeline is created once.
+    pub(crate) async fn timeline_or_create(
+        &self,
+        id: TimelineId,
+        create_at: Option<Lsn>,
+    ) -> Result<Arc<Timeline>> {
         let mut timelines = self.timelines.lock().await;
         if let Some(timeline) = timelines.get(&id) {
             return Ok(timeline.clone());
@@ -142,8 +161,15 @@ impl Server {
             )));
         }
         let data_dir = self.data_dir.clone();
-        let acceptor = tokio::task::spawn_blocking(move || {
-            Acceptor::open(WalStorage::open_or_create(&data_dir, id)?)
+        let opened = tokio::task::spawn_blocking(move || {
+            let storage = match WalStorage::open_existing(&data_dir, id)? {
+                Some(storage) => storage,
+                None => match create_at {
+                    Some(start_lsn) => WalStorage::create(&data_dir, id, start_lsn)?,
+                    None => return Ok(None),
+                },
+            };
+            Acceptor::open(storage).map(Some)
         })
         .await
         .map_err(|e| SafekeeperError::Internal(format!("opening timeline {id}: {e}")))?
@@ -153,7 +179,13 @@ impl Server {
             }
             other => other,
         })?;
-        info!(timeline = %id, term = acceptor.term(), flush_lsn = %acceptor.flush_lsn(), "timeline opened");
+        let Some(acceptor) = opened else {
+            return Err(SafekeeperError::UnknownTimeline {
+                timeline: id,
+                safekeeper: self.id,
+            });
+        };
+        info!(timeline = %id, term = acceptor.term(), start_lsn = %acceptor.timeline_start_lsn(), flush_lsn = %acceptor.flush_lsn(), "timeline opened");
         let (commit_lsn_tx, _) = watch::channel(acceptor.commit_lsn());
         let timeline = Arc::new(Timeline {
             id,
@@ -241,6 +273,14 @@ async fn serve_connection(server: Arc<Server>, stream: TcpStream, peer: SocketAd
     debug!(%peer, "connection opened");
     match handle_connection(&server, &mut reader, &mut writer).await {
         Ok(()) => debug!(%peer, "connection closed"),
+        // The pageserver asks again until a compute has created the timeline: not a warning.
+        Err(e @ SafekeeperError::UnknownTimeline { .. }) => {
+            debug!(%peer, "closing connection: {e}");
+            let farewell = Response::Error {
+                message: e.to_string(),
+            };
+            let _ = write_responses(&mut writer, &[farewell], FAREWELL_WRITE_TIMEOUT_MS).await;
+        }
         Err(e) => {
             warn!(%peer, "closing connection: {e}");
             let farewell = Response::Error {
@@ -297,6 +337,7 @@ fn request_name(request: &Request) -> &'static str {
         Request::ReadWal { .. } => "ReadWal",
         Request::StartReplication { .. } => "StartReplication",
         Request::Feedback { .. } => "Feedback",
+        Request::TimelineStatus { .. } => "TimelineStatus",
     }
 }
 
@@ -309,16 +350,41 @@ async fn handle_connection(
         return Ok(());
     };
     match first {
-        Request::Hello { timeline } => {
+        Request::Hello {
+            timeline,
+            start_lsn,
+        } => {
+            let timeline = server.timeline_or_create(timeline, Some(start_lsn)).await?;
+            // A proposer that disagrees on where the timeline starts gets an Error and the
+            // connection ends: it changed nothing.
+            let hello = Request::Hello {
+                timeline: timeline.id,
+                start_lsn,
+            };
+            let answer = timeline
+                .with_acceptor(move |acceptor| {
+                    acceptor.handle(&mut ProposerSession::default(), hello)
+                })
+                .await??;
+            let accepted = matches!(answer, Response::Status(_));
+            if !accepted {
+                info!(timeline = %timeline.id, "refusing a proposer: {answer:?}");
+            }
+            write_responses(writer, &[answer], RESPONSE_WRITE_TIMEOUT_MS).await?;
+            if !accepted {
+                return Ok(());
+            }
+            serve_proposer(server, &timeline, reader, writer).await
+        }
+        Request::TimelineStatus { timeline } => {
             let timeline = server.timeline(timeline).await?;
-            let status = timeline.acceptor.lock().await.status();
+            let status = timeline.with_acceptor(|acceptor| acceptor.status()).await?;
             write_responses(
                 writer,
                 &[Response::Status(status)],
                 RESPONSE_WRITE_TIMEOUT_MS,
             )
-            .await?;
-            serve_proposer(server, &timeline, reader, writer).await
+            .await
         }
         Request::StartReplication {
             timeline,
@@ -333,7 +399,7 @@ async fn handle_connection(
             remote_consistent_lsn,
         } => serve_feedback(server, timeline, remote_consistent_lsn, reader).await,
         other => Err(SafekeeperError::Protocol(format!(
-            "a connection must start with Hello, StartReplication or Feedback, not {}",
+            "a connection must start with Hello, StartReplication, Feedback or TimelineStatus, not {}",
             request_name(&other)
         ))),
     }
@@ -412,7 +478,10 @@ async fn serve_proposer(
                 end_lsn,
                 max_bytes,
             } => vec![read_wal(server, timeline, start_lsn, end_lsn, max_bytes).await],
-            Request::Hello { .. } | Request::StartReplication { .. } | Request::Feedback { .. } => {
+            Request::Hello { .. }
+            | Request::StartReplication { .. }
+            | Request::Feedback { .. }
+            | Request::TimelineStatus { .. } => {
                 vec![Response::Error {
                     message: format!(
                         "{} is only allowed as a connection's first request",

@@ -88,9 +88,32 @@ impl Client {
         self.recv().await
     }
 
+    /// Opens a proposer connection for `timeline` starting at `start_lsn`; the answer to
+    /// `Hello` as it came.
+    async fn hello_at(
+        addr: SocketAddr,
+        timeline: TimelineId,
+        start_lsn: Lsn,
+    ) -> (Client, Response) {
+        let mut client = Client::connect(addr).await;
+        let answer = client
+            .call(Request::Hello {
+                timeline,
+                start_lsn,
+            })
+            .await;
+        (client, answer)
+    }
+
     async fn hello(addr: SocketAddr) -> (Client, AcceptorStatus) {
         let mut client = Client::connect(addr).await;
-        match client.call(Request::Hello { timeline: TIMELINE }).await {
+        match client
+            .call(Request::Hello {
+                timeline: TIMELINE,
+                start_lsn: Lsn::ZERO,
+            })
+            .await
+        {
             Response::Status(status) => (client, status),
             other => panic!("unexpected answer to Hello: {other:?}"),
         }
@@ -276,7 +299,12 @@ async fn proposer_flow_with_pipelined_appends_and_group_commit() {
 
     // A second Hello on the same connection is an error answer, not a crash.
     assert!(matches!(
-        client.call(Request::Hello { timeline: TIMELINE }).await,
+        client
+            .call(Request::Hello {
+                timeline: TIMELINE,
+                start_lsn: Lsn::ZERO,
+            })
+            .await,
         Response::Error { .. }
     ));
     stop.send(()).unwrap();
@@ -289,7 +317,8 @@ async fn replication_streams_committed_wal() {
     let safekeeper = Running::start(&dir.0).await;
     let addr = safekeeper.addr;
 
-    // A pageserver subscribes before any WAL exists.
+    // A pageserver subscribes once a compute created the timeline, before any WAL exists.
+    let (mut proposer, _) = Client::elected(addr, 1).await;
     let mut replication = Client::connect(addr).await;
     replication
         .send(&[Request::StartReplication {
@@ -298,7 +327,6 @@ async fn replication_streams_committed_wal() {
         }])
         .await;
 
-    let (mut proposer, _) = Client::elected(addr, 1).await;
     let records: Vec<Bytes> = (0..20).map(|xid| record(xid, 300_000)).collect();
     let mut expected = Vec::new();
     for record in &records {
@@ -554,7 +582,14 @@ async fn bad_input_closes_only_that_connection() {
 
     // A frame with a bad checksum, a malformed message and raw garbage.
     let mut frame = BytesMut::new();
-    wire::encode_frame(&Request::Hello { timeline: TIMELINE }.encode(), &mut frame);
+    wire::encode_frame(
+        &Request::Hello {
+            timeline: TIMELINE,
+            start_lsn: Lsn::ZERO,
+        }
+        .encode(),
+        &mut frame,
+    );
     let last = frame.len() - 1;
     frame[last] ^= 0xff;
     let mut malformed = BytesMut::new();
@@ -757,5 +792,363 @@ async fn committed_wal_is_offloaded_then_removed_and_still_readable() {
         })
         .await;
     assert_wal(answer, start, &all.slice(start.0 as usize..));
+    safekeeper.stop().await;
+}
+
+/// A branch timeline, and where its WAL starts: inside segment 3.
+const BRANCH: TimelineId = TimelineId([8; 16]);
+const BRANCH_START: Lsn = Lsn(3 * crate::limits::SEGMENT_BYTES + 4_321);
+
+fn control_file_bytes(data_dir: &Path, timeline: TimelineId) -> Vec<u8> {
+    let dir = crate::wal_storage::timeline_dir(data_dir, timeline);
+    std::fs::read(dir.join(crate::control_file::CONTROL_FILE_NAME)).unwrap()
+}
+
+/// Expects an `Error` whose message contains `needle`, then the connection closing.
+async fn expect_error_and_close(client: &mut Client, needle: &str) {
+    match client.recv().await {
+        Response::Error { message } => assert!(message.contains(needle), "{message}"),
+        other => panic!("expected an error about {needle:?}, got {other:?}"),
+    }
+    assert_eq!(client.try_recv().await, None, "the connection is closed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timeline_created_at_a_start_lsn_serves_wal_from_there() {
+    let dir = TempDir::new("server-branch");
+    let safekeeper = Running::start(&dir.0).await;
+    let addr = safekeeper.addr;
+
+    // Hello creates the timeline with every LSN at its start.
+    let (mut proposer, answer) = Client::hello_at(addr, BRANCH, BRANCH_START).await;
+    assert_eq!(
+        answer,
+        Response::Status(AcceptorStatus {
+            term: 0,
+            term_history: TermHistory::default(),
+            flush_lsn: BRANCH_START,
+            commit_lsn: BRANCH_START,
+        })
+    );
+    // The first term's history starts there, and so do the appends.
+    assert!(matches!(
+        proposer.call(Request::RequestVote { term: 1 }).await,
+        Response::Vote { granted: true, .. }
+    ));
+    let elected = Request::Elected {
+        term: 1,
+        term_history: history(&[(1, BRANCH_START.0)]),
+        truncate_lsn: BRANCH_START,
+    };
+    assert_eq!(
+        proposer.call(elected).await,
+        Response::Flushed {
+            term: 1,
+            flush_lsn: BRANCH_START
+        }
+    );
+    let records: Vec<Bytes> = (0..5).map(|xid| record(xid, 1000)).collect();
+    let mut expected = BytesMut::new();
+    for record in &records {
+        expected.extend_from_slice(record);
+    }
+    let expected = expected.freeze();
+    let end = BRANCH_START.add(expected.len() as u64);
+    let ends = pipeline_appends(&mut proposer, 1, BRANCH_START, end, &records).await;
+    for lsn in ends {
+        assert_eq!(
+            proposer.recv().await,
+            Response::Flushed {
+                term: 1,
+                flush_lsn: lsn
+            }
+        );
+    }
+    let read = |start_lsn: Lsn| Request::ReadWal {
+        start_lsn,
+        end_lsn: end,
+        max_bytes: 1 << 20,
+    };
+    assert_wal(
+        proposer.call(read(BRANCH_START)).await,
+        BRANCH_START,
+        &expected,
+    );
+    // Below the start there is no WAL: an error, not the hole in the segment file.
+    for below in [
+        Lsn::ZERO,
+        Lsn(3 * crate::limits::SEGMENT_BYTES),
+        Lsn(BRANCH_START.0 - 1),
+    ] {
+        match proposer.call(read(below)).await {
+            Response::Error { message } => {
+                assert!(
+                    message.contains("the timeline's WAL starts at"),
+                    "{message}"
+                )
+            }
+            other => panic!("ReadWal at {below} answered {other:?}"),
+        }
+    }
+
+    // Replication from the start streams the committed WAL; below it is refused.
+    let mut replication = Client::connect(addr).await;
+    replication
+        .send(&[Request::StartReplication {
+            timeline: BRANCH,
+            start_lsn: BRANCH_START,
+        }])
+        .await;
+    match replication.recv().await {
+        Response::WalData {
+            start_lsn, data, ..
+        } => {
+            assert_eq!(start_lsn, BRANCH_START);
+            assert!(data == expected);
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    let mut below = Client::connect(addr).await;
+    below
+        .send(&[Request::StartReplication {
+            timeline: BRANCH,
+            start_lsn: Lsn::ZERO,
+        }])
+        .await;
+    expect_error_and_close(&mut below, "the timeline's WAL starts at").await;
+    drop((proposer, replication));
+    safekeeper.stop().await;
+
+    // A restart keeps the start, the term and the WAL.
+    let safekeeper = Running::start(&dir.0).await;
+    let (mut proposer, answer) = Client::hello_at(safekeeper.addr, BRANCH, BRANCH_START).await;
+    assert_eq!(
+        answer,
+        Response::Status(AcceptorStatus {
+            term: 1,
+            term_history: history(&[(1, BRANCH_START.0)]),
+            flush_lsn: end,
+            commit_lsn: end,
+        })
+    );
+    assert_wal(
+        proposer.call(read(BRANCH_START)).await,
+        BRANCH_START,
+        &expected,
+    );
+    assert!(matches!(
+        proposer.call(read(Lsn::ZERO)).await,
+        Response::Error { .. }
+    ));
+    // A Hello whose start is above the timeline's WAL is refused, and changes nothing.
+    let control_before = control_file_bytes(&dir.0, BRANCH);
+    let (mut refused, answer) = Client::hello_at(safekeeper.addr, BRANCH, end.add(1)).await;
+    match answer {
+        Response::Error { message } => assert!(message.contains("ends at"), "{message}"),
+        other => panic!("unexpected {other:?}"),
+    }
+    assert_eq!(refused.try_recv().await, None, "the connection is closed");
+    assert_eq!(control_file_bytes(&dir.0, BRANCH), control_before);
+    safekeeper.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hello_that_disagrees_on_the_start_is_refused_and_changes_nothing() {
+    let dir = TempDir::new("server-branch-mismatch");
+    let safekeeper = Running::start(&dir.0).await;
+    let (_, answer) = Client::hello_at(safekeeper.addr, BRANCH, BRANCH_START).await;
+    assert!(matches!(answer, Response::Status(_)), "{answer:?}");
+    let control_before = control_file_bytes(&dir.0, BRANCH);
+    // No WAL of its own yet: another start, lower or higher, is a disagreement.
+    for other in [Lsn::ZERO, Lsn(BRANCH_START.0 - 1), BRANCH_START.add(1)] {
+        let (mut client, answer) = Client::hello_at(safekeeper.addr, BRANCH, other).await;
+        match answer {
+            Response::Error { message } => {
+                assert!(message.contains(&other.to_string()), "{message}")
+            }
+            answer => panic!("Hello at {other} answered {answer:?}"),
+        }
+        assert_eq!(client.try_recv().await, None, "the connection is closed");
+    }
+    assert_eq!(control_file_bytes(&dir.0, BRANCH), control_before);
+    let (_, answer) = Client::hello_at(safekeeper.addr, BRANCH, BRANCH_START).await;
+    match answer {
+        Response::Status(status) => assert_eq!(
+            (status.term, status.flush_lsn, status.commit_lsn),
+            (0, BRANCH_START, BRANCH_START)
+        ),
+        other => panic!("unexpected {other:?}"),
+    }
+    safekeeper.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_hello_creates_a_timeline() {
+    let dir = TempDir::new("server-unknown");
+    let safekeeper = Running::start(&dir.0).await;
+    let addr = safekeeper.addr;
+    let unknown = "is not known to safekeeper 1; a compute creates it";
+    let requests = [
+        Request::StartReplication {
+            timeline: BRANCH,
+            start_lsn: BRANCH_START,
+        },
+        Request::Feedback {
+            timeline: BRANCH,
+            remote_consistent_lsn: BRANCH_START,
+        },
+        Request::TimelineStatus { timeline: BRANCH },
+    ];
+    for request in &requests {
+        let mut client = Client::connect(addr).await;
+        client.send(std::slice::from_ref(request)).await;
+        expect_error_and_close(&mut client, unknown).await;
+    }
+    let timeline_dir = crate::wal_storage::timeline_dir(&dir.0, BRANCH);
+    assert!(!timeline_dir.exists(), "no timeline folder appears");
+    // Nor after a restart.
+    safekeeper.stop().await;
+    let safekeeper = Running::start(&dir.0).await;
+    let addr = safekeeper.addr;
+    let mut client = Client::connect(addr).await;
+    client.send(&requests[..1]).await;
+    expect_error_and_close(&mut client, unknown).await;
+    assert!(!timeline_dir.exists());
+
+    // A compute's Hello creates it; then the pageserver's requests are served.
+    let (_proposer, answer) = Client::hello_at(addr, BRANCH, BRANCH_START).await;
+    assert!(matches!(answer, Response::Status(_)), "{answer:?}");
+    assert!(timeline_dir.exists());
+    let mut probe = Client::connect(addr).await;
+    match probe
+        .call(Request::TimelineStatus { timeline: BRANCH })
+        .await
+    {
+        Response::Status(status) => assert_eq!(status.flush_lsn, BRANCH_START),
+        other => panic!("unexpected {other:?}"),
+    }
+    assert_eq!(probe.try_recv().await, None, "a probe is one request");
+    let mut replication = Client::connect(addr).await;
+    replication.send(&requests[..1]).await;
+    // Nothing committed past the start: a keepalive within a second or so.
+    assert_eq!(
+        replication.recv().await,
+        Response::WalData {
+            start_lsn: BRANCH_START,
+            commit_lsn: BRANCH_START,
+            data: Bytes::new()
+        }
+    );
+    safekeeper.stop().await;
+}
+
+/// Offload on a timeline that starts just below a segment boundary: the first chunk starts
+/// at the timeline's start (never below it), the segment holding the start is removed once
+/// the horizon passes it, and a read at the start is then served from the object store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_branch_offloads_from_its_start() {
+    use crate::limits::SEGMENT_BYTES;
+    use remote_storage::wal_objects;
+
+    let dir = TempDir::new("server-branch-offload");
+    let object_store = dir.0.join("object-store");
+    let data_dir = dir.0.join("safekeeper");
+    let safekeeper = Running::start_with(&data_dir, Some(&object_store)).await;
+    let start = Lsn(SEGMENT_BYTES - 1_000);
+    let (mut proposer, answer) = Client::hello_at(safekeeper.addr, BRANCH, start).await;
+    assert!(matches!(answer, Response::Status(_)), "{answer:?}");
+    assert!(matches!(
+        proposer.call(Request::RequestVote { term: 1 }).await,
+        Response::Vote { granted: true, .. }
+    ));
+    let elected = Request::Elected {
+        term: 1,
+        term_history: history(&[(1, start.0)]),
+        truncate_lsn: start,
+    };
+    assert!(matches!(
+        proposer.call(elected).await,
+        Response::Flushed { .. }
+    ));
+    // Records from just below the segment boundary to well past it, all committed.
+    let records: Vec<Bytes> = (0..3).map(|xid| record(xid, 300_000)).collect();
+    let mut all = BytesMut::new();
+    for r in &records {
+        all.extend_from_slice(r);
+    }
+    let all = all.freeze();
+    let end = start.add(all.len() as u64);
+    for lsn in pipeline_appends(&mut proposer, 1, start, end, &records).await {
+        assert_eq!(
+            proposer.recv().await,
+            Response::Flushed {
+                term: 1,
+                flush_lsn: lsn
+            }
+        );
+    }
+    let remote = remote_storage::RemoteStorage::local(&object_store).unwrap();
+    let mut chunks = Vec::new();
+    for _ in 0..(ANSWER_TIMEOUT_MS / 100) {
+        chunks = wal_objects::list_chunks(&remote, BRANCH).await.unwrap();
+        if !chunks.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(chunks.len(), 1, "{chunks:?}");
+    let first_end = start.add(records[0].len() as u64);
+    assert_eq!((chunks[0].start, chunks[0].end), (start, first_end));
+    let key = wal_objects::chunk_key(BRANCH, start, first_end);
+    assert!(remote.get(&key, 1 << 20).await.unwrap() == records[0]);
+
+    // Once the pageserver reports it durable, segment 0 (holding the start) goes.
+    let timeline_dir = crate::wal_storage::timeline_dir(&data_dir, BRANCH);
+    assert_eq!(segment_files(&timeline_dir).len(), 2);
+    let mut feedback = Client::connect(safekeeper.addr).await;
+    feedback
+        .send(&[Request::Feedback {
+            timeline: BRANCH,
+            remote_consistent_lsn: end,
+        }])
+        .await;
+    eventually("segment 0 is removed", || {
+        segment_files(&timeline_dir).len() == 1
+    })
+    .await;
+    drop(feedback);
+    // Replication at the start is now told to read the object store; a recovery read at the
+    // start is served from it; below the start is still no WAL at all.
+    let mut replication = Client::connect(safekeeper.addr).await;
+    replication
+        .send(&[Request::StartReplication {
+            timeline: BRANCH,
+            start_lsn: start,
+        }])
+        .await;
+    assert_eq!(
+        replication.recv().await,
+        Response::WalOffloaded {
+            wal_start: Lsn(SEGMENT_BYTES)
+        }
+    );
+    let answer = proposer
+        .call(Request::ReadWal {
+            start_lsn: start,
+            end_lsn: end,
+            max_bytes: 1,
+        })
+        .await;
+    assert_wal(answer, start, &records[0]);
+    assert!(matches!(
+        proposer
+            .call(Request::ReadWal {
+                start_lsn: Lsn(start.0 - 1),
+                end_lsn: end,
+                max_bytes: 1,
+            })
+            .await,
+        Response::Error { .. }
+    ));
     safekeeper.stop().await;
 }

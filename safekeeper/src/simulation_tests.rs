@@ -7,7 +7,9 @@
 //! leader reaches, a crash that loses unsynced writes, or a catch-up of a lagging safekeeper.
 //!
 //! Copies of sent messages are delivered again at random later steps (duplicated, delayed,
-//! reordered); lost messages are the steps where a safekeeper is unreachable.
+//! reordered); lost messages are the steps where a safekeeper is unreachable. Odd seeds run
+//! a branch: a timeline whose WAL starts inside a segment, far above 0
+//! (`TermHistory::truncation_point` keeps cuts at or above it).
 //!
 //! Invariants checked after every step:
 //! - one leader per term: no two proposers win an election in the same term;
@@ -31,6 +33,8 @@ use crate::memory_storage::MemoryStorage;
 
 const NODES: usize = 3;
 const STEPS: usize = 60;
+/// Where the timeline's WAL starts on odd seeds (a branch); even seeds start at 0.
+const BRANCH_START_LSN: Lsn = Lsn(3 * crate::limits::SEGMENT_BYTES + 4_321);
 
 /// xorshift64*: small, seeded, and the same on every platform.
 struct Rng(u64);
@@ -56,7 +60,7 @@ impl Rng {
 struct Leader {
     term: u64,
     history: TermHistory,
-    /// The leader's whole log, from LSN 0.
+    /// The leader's whole log, from the timeline's start: byte `lsn` is `log[lsn - start]`.
     log: Vec<u8>,
     /// Per safekeeper: the session it was elected on, and its flush LSN in this term.
     synced: Vec<Option<(ProposerSession, Lsn)>>,
@@ -66,6 +70,8 @@ struct Leader {
 
 struct Sim {
     rng: Rng,
+    /// Where the timeline's WAL starts.
+    start: Lsn,
     /// How many safekeepers a vote or a commit needs: `majority(3)` is right; tests also run
     /// a broken value to show the simulation catches it.
     quorum: usize,
@@ -98,11 +104,17 @@ fn call(
 
 impl Sim {
     fn new(seed: u64, quorum: usize) -> Sim {
+        let start = if seed % 2 == 1 {
+            BRANCH_START_LSN
+        } else {
+            Lsn::ZERO
+        };
         let nodes = (0..NODES)
-            .map(|_| Some(Acceptor::open(MemoryStorage::new()).expect("open")))
+            .map(|_| Some(Acceptor::open(MemoryStorage::new_at(start)).expect("open")))
             .collect();
         Sim {
             rng: Rng::new(seed),
+            start,
             quorum,
             nodes,
             leader: None,
@@ -115,16 +127,23 @@ impl Sim {
         }
     }
 
+    /// The index of WAL byte `lsn` in a log that starts at the timeline's start.
+    fn offset(&self, lsn: Lsn) -> usize {
+        (lsn.0 - self.start.0) as usize
+    }
+
     fn node(&mut self, i: usize) -> &mut Acceptor<MemoryStorage> {
         self.nodes[i].as_mut().expect("nodes are always reopened")
     }
 
     fn status(&mut self, i: usize) -> AcceptorStatus {
+        let start_lsn = self.start;
         match call(
             self.node(i),
             &mut ProposerSession::default(),
             Request::Hello {
                 timeline: ids::TimelineId::from_u128(1),
+                start_lsn,
             },
         ) {
             Response::Status(status) => status,
@@ -132,12 +151,12 @@ impl Sim {
         }
     }
 
-    /// The WAL `[0, end)` of safekeeper `i`.
+    /// The WAL `[start, end)` of safekeeper `i`.
     fn read_log(&mut self, i: usize, end: Lsn) -> Vec<u8> {
         let mut log = Vec::new();
-        while (log.len() as u64) < end.0 {
+        while self.start.0 + (log.len() as u64) < end.0 {
             let request = Request::ReadWal {
-                start_lsn: Lsn(log.len() as u64),
+                start_lsn: self.start.add(log.len() as u64),
                 end_lsn: end,
                 max_bytes: 1 << 20,
             };
@@ -179,7 +198,7 @@ impl Sim {
         let (donor_idx, donor) = voters[donor_pos].clone();
         let log = self.read_log(donor_idx, donor.flush_lsn);
         for (start, record) in &self.acked {
-            let range = start.0 as usize..start.0 as usize + record.len();
+            let range = self.offset(*start)..self.offset(*start) + record.len();
             if log.get(range) != Some(&record[..]) {
                 return Err(format!("term {term} continues safekeeper {donor_idx}'s log, which lacks the commit at {start}"));
             }
@@ -221,10 +240,11 @@ impl Sim {
         let (term, history, end) = (
             leader.term,
             leader.history.clone(),
-            Lsn(leader.log.len() as u64),
+            self.start.add(leader.log.len() as u64),
         );
         let status = self.status(i);
-        let truncate_lsn = history.agreement_point(end, &status.term_history, status.flush_lsn);
+        let truncate_lsn =
+            history.truncation_point(end, &status.term_history, status.flush_lsn, self.start);
         let mut session = ProposerSession::default();
         let elected = Request::Elected {
             term,
@@ -264,16 +284,18 @@ impl Sim {
 
     /// Sends safekeeper `i` the leader's log past its flush LSN.
     fn push(&mut self, i: usize) {
+        let base = self.start;
         let Some(leader) = self.leader.as_mut() else {
             return;
         };
         let Some((mut session, flush)) = leader.synced[i] else {
             return;
         };
-        if flush.0 as usize >= leader.log.len() {
+        let flush_offset = (flush.0 - base.0) as usize;
+        if flush_offset >= leader.log.len() {
             return;
         }
-        let data = Bytes::copy_from_slice(&leader.log[flush.0 as usize..]);
+        let data = Bytes::copy_from_slice(&leader.log[flush_offset..]);
         let request = Request::Append {
             term: leader.term,
             begin_lsn: flush,
@@ -317,9 +339,9 @@ impl Sim {
             ops: vec![op],
         })
         .expect("record");
-        let start = Lsn(leader.log.len() as u64);
+        let start = self.start.add(leader.log.len() as u64);
         leader.log.extend_from_slice(&record);
-        let end = Lsn(leader.log.len() as u64);
+        let end = self.start.add(leader.log.len() as u64);
         let term = leader.term;
         for i in 0..NODES {
             if self.rng.chance(80) {
@@ -411,9 +433,10 @@ impl Sim {
                 self.read_log(i, flush)
             })
             .collect();
+        let base = self.start;
         let holds = |log: &Vec<u8>, (start, record): &(Lsn, Bytes)| {
-            let range = start.0 as usize..start.0 as usize + record.len();
-            log.get(range) == Some(&record[..])
+            let offset = (start.0 - base.0) as usize;
+            log.get(offset..offset + record.len()) == Some(&record[..])
         };
         for commit in &acked {
             let holders = logs.iter().filter(|log| holds(log, commit)).count();
@@ -439,7 +462,7 @@ impl Sim {
         let commits: Vec<Lsn> = (0..NODES).map(|i| self.node(i).commit_lsn()).collect();
         for i in 0..NODES {
             for j in i + 1..NODES {
-                let upto = commits[i].min(commits[j]).0 as usize;
+                let upto = self.offset(commits[i].min(commits[j]));
                 if logs[i][..upto] != logs[j][..upto] {
                     return Err(format!(
                         "safekeepers {i} and {j} disagree below their commit LSNs ({} and {})",

@@ -9,9 +9,17 @@
 //! ```
 //!
 //! A segment file is only as long as the WAL written into it; records may span segments.
+//! A timeline is created ([`WalStorage::create`]) with its WAL starting at
+//! `timeline_start_lsn` (a branch's LSN on its parent, 0 for a root timeline): the segment
+//! holding that LSN is then written from the start's offset on, leaving a hole before it
+//! that is never read (reads, scans and boundary walks all begin at or above the start).
 //! Segments wholly below what is offloaded to the object store and durable at the pageserver
-//! are removed ([`AcceptorStorage::remove_wal_below`]); the first segment left marks where
-//! the local WAL starts.
+//! are removed ([`AcceptorStorage::remove_wal_below`]); the first segment left (or the
+//! timeline's start, if higher) marks where the local WAL starts.
+//!
+//! Only a control file makes a folder a timeline: creation writes it (temporary file, fsync,
+//! rename, folder fsync) before anyone is told the timeline exists, so a crash in between
+//! leaves a folder without one that [`WalStorage::open_existing`] treats as never created.
 //! A write is durable after [`AcceptorStorage::sync_wal`], which fsyncs every segment written
 //! since the last sync and, if one of them was created, the folder.
 //!
@@ -79,44 +87,70 @@ pub struct WalStorage {
 }
 
 impl WalStorage {
-    /// Opens the timeline's folder under `data_dir`, creating an empty timeline if there is
-    /// none. Fails on a bad control file: the timeline must not be served then.
-    pub fn open_or_create(data_dir: &Path, timeline: TimelineId) -> Result<WalStorage> {
+    /// Opens the timeline's folder under `data_dir`; `None` if this safekeeper does not have
+    /// the timeline (no folder, or one whose creation a crash interrupted before its control
+    /// file was written). Creates nothing. Fails on a bad control file: the timeline must not
+    /// be served then.
+    pub fn open_existing(data_dir: &Path, timeline: TimelineId) -> Result<Option<WalStorage>> {
         let dir = timeline_dir(data_dir, timeline);
         if !dir.exists() {
-            let timelines_dir = data_dir.join("timelines");
-            std::fs::create_dir_all(&dir)
-                .map_err(io_context(format!("creating {}", dir.display())))?;
-            control_file::sync_dir(&timelines_dir)?;
-            control_file::sync_dir(data_dir)?;
+            return Ok(None);
         }
-        WalStorage::open(&dir)
+        match control_file::read(&dir)? {
+            Some(control) => WalStorage::open_with(&dir, control).map(Some),
+            None => {
+                check_no_wal_without_control(&dir)?;
+                Ok(None)
+            }
+        }
     }
 
-    /// Opens (or initialises, if it holds neither a control file nor WAL) a timeline folder.
+    /// Creates the timeline under `data_dir` with its WAL starting at `start_lsn` (flush,
+    /// commit, backup and pageserver LSNs all there), durably, and opens it. Fails if the
+    /// timeline exists (has a control file).
+    pub fn create(data_dir: &Path, timeline: TimelineId, start_lsn: Lsn) -> Result<WalStorage> {
+        let dir = timeline_dir(data_dir, timeline);
+        let timelines_dir = data_dir.join("timelines");
+        std::fs::create_dir_all(&dir).map_err(io_context(format!("creating {}", dir.display())))?;
+        control_file::sync_dir(&timelines_dir)?;
+        control_file::sync_dir(data_dir)?;
+        if control_file::read(&dir)?.is_some() {
+            return Err(SafekeeperError::Internal(format!(
+                "creating timeline {timeline}, which already exists in {}",
+                dir.display()
+            )));
+        }
+        check_no_wal_without_control(&dir)?;
+        let control = ControlState::new_timeline(start_lsn);
+        control_file::write(&dir, &control)?;
+        info!(dir = %dir.display(), "created the timeline with its WAL starting at {start_lsn}");
+        WalStorage::open_with(&dir, control)
+    }
+
+    /// Opens a timeline folder, which must have a control file.
     pub fn open(dir: &Path) -> Result<WalStorage> {
-        let control = match control_file::read(dir)? {
-            Some(control) => control,
-            None => {
-                // A crash while the timeline was being created leaves no control file; with
-                // no WAL either, nothing was ever acknowledged and it starts afresh.
-                if let Some(segno) = list_segments(dir)?.first() {
-                    return Err(SafekeeperError::Corrupt(format!(
-                        "{} has WAL segment {} but no control file",
-                        dir.display(),
-                        segment_name(*segno)
-                    )));
-                }
-                let control = ControlState::default();
-                control_file::write(dir, &control)?;
-                control
-            }
-        };
-        check_wal_reaches(dir, control.flush_lsn)?;
+        match control_file::read(dir)? {
+            Some(control) => WalStorage::open_with(dir, control),
+            None => Err(SafekeeperError::Corrupt(format!(
+                "{} has no control file",
+                dir.display()
+            ))),
+        }
+    }
+
+    fn open_with(dir: &Path, control: ControlState) -> Result<WalStorage> {
+        // WAL up to the removal horizon may have been offloaded and removed; above it, the
+        // WAL below flush_lsn must be on disk.
+        if control.flush_lsn > control.removal_horizon() {
+            check_wal_reaches(dir, control.flush_lsn)?;
+        }
         let end = scan_wal_end(dir, control.flush_lsn)?;
         truncate_files(dir, end)?;
+        // The first segment may begin below the timeline's start (a hole that is not WAL).
         let wal_start = match list_segments(dir)?.first() {
-            Some(segno) => Lsn(segno * SEGMENT_BYTES).min(end),
+            Some(segno) => Lsn(segno * SEGMENT_BYTES)
+                .max(control.timeline_start_lsn)
+                .min(end),
             None => end,
         };
         if end > control.flush_lsn {
@@ -183,6 +217,19 @@ fn list_segments(dir: &Path) -> Result<Vec<u64>> {
     }
     segments.sort_unstable();
     Ok(segments)
+}
+
+/// A folder without a control file is a creation that a crash interrupted: nothing was ever
+/// acknowledged from it, unless it holds WAL, which only a created timeline can have.
+fn check_no_wal_without_control(dir: &Path) -> Result<()> {
+    match list_segments(dir)?.first() {
+        Some(segno) => Err(SafekeeperError::Corrupt(format!(
+            "{} has WAL segment {} but no control file",
+            dir.display(),
+            segment_name(*segno)
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// Fails unless the WAL below `lsn` is on disk (the byte before it exists).

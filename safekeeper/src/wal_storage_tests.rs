@@ -51,8 +51,18 @@ fn record(xid: u64, value_bytes: usize) -> Bytes {
 
 const TIMELINE: u128 = 0xabc;
 
+/// Opens the test timeline, creating it (WAL from 0) if the folder does not have it.
 fn open(dir: &TempDir) -> WalStorage {
-    WalStorage::open_or_create(&dir.0, TimelineId::from_u128(TIMELINE)).unwrap()
+    open_at(dir, Lsn::ZERO)
+}
+
+/// Opens the test timeline, creating it with its WAL starting at `start_lsn` if needed.
+fn open_at(dir: &TempDir, start_lsn: Lsn) -> WalStorage {
+    let timeline = TimelineId::from_u128(TIMELINE);
+    match WalStorage::open_existing(&dir.0, timeline).unwrap() {
+        Some(storage) => storage,
+        None => WalStorage::create(&dir.0, timeline, start_lsn).unwrap(),
+    }
 }
 
 /// Writes `records` at the storage's end and fsyncs; returns all bytes written.
@@ -278,7 +288,7 @@ fn a_bad_control_file_is_refused() {
     let mut bytes = std::fs::read(&control_path).unwrap();
     bytes[17] ^= 0x80;
     std::fs::write(&control_path, &bytes).unwrap();
-    match WalStorage::open_or_create(&dir.0, TimelineId::from_u128(TIMELINE)) {
+    match WalStorage::open_existing(&dir.0, TimelineId::from_u128(TIMELINE)) {
         Err(SafekeeperError::Corrupt(message)) => {
             assert!(message.contains("checksum"), "{message}")
         }
@@ -300,7 +310,7 @@ fn a_control_file_pointing_past_the_wal_is_refused() {
     storage.persist_control(&control).unwrap();
     drop(storage);
     assert!(matches!(
-        WalStorage::open_or_create(&dir.0, TimelineId::from_u128(TIMELINE)),
+        WalStorage::open_existing(&dir.0, TimelineId::from_u128(TIMELINE)),
         Err(SafekeeperError::Corrupt(_))
     ));
 }
@@ -355,4 +365,127 @@ fn zeroed_block_and_truncated_tail_are_cut_not_served() {
         .unwrap();
         assert_eq!(acceptor.flush_lsn(), cut, "{damage} after restart");
     }
+}
+
+/// A branch's start: inside segment 3.
+const BRANCH_START: Lsn = Lsn(3 * SEGMENT_BYTES + 4_321);
+
+#[test]
+fn a_timeline_created_at_a_start_lsn_has_its_wal_from_there() {
+    let dir = TempDir::new("branch");
+    let timeline = TimelineId::from_u128(TIMELINE);
+    let storage = WalStorage::create(&dir.0, timeline, BRANCH_START).unwrap();
+    assert_eq!(storage.control(), &ControlState::new_timeline(BRANCH_START));
+    assert_eq!(
+        (storage.wal_start(), storage.wal_end()),
+        (BRANCH_START, BRANCH_START)
+    );
+    assert_eq!(segment_len(&storage, 3), None, "no WAL file before WAL");
+    // Creating it again is refused and changes nothing.
+    assert!(WalStorage::create(&dir.0, timeline, Lsn::ZERO).is_err());
+    drop(storage);
+    let mut storage = open(&dir);
+    assert_eq!(storage.control(), &ControlState::new_timeline(BRANCH_START));
+    assert_eq!(storage.wal_end(), BRANCH_START);
+
+    // The first segment is written from the start's offset: a hole before it.
+    let records: Vec<Bytes> = (0..3).map(|xid| record(xid, 100)).collect();
+    let written = write_records(&mut storage, &records);
+    let end = BRANCH_START.add(written.len() as u64);
+    assert_eq!(
+        segment_len(&storage, 3),
+        Some(end.0 - 3 * SEGMENT_BYTES),
+        "only segment 3"
+    );
+    assert_eq!(read_all(&mut storage, BRANCH_START).unwrap(), written);
+    assert!(matches!(
+        storage.read_records(Lsn(3 * SEGMENT_BYTES), end, 1 << 20),
+        Err(SafekeeperError::WalOffloaded { wal_start, .. }) if wal_start == BRANCH_START
+    ));
+    let segment_path = storage.dir().join(segment_name(3));
+    drop(storage);
+
+    // Garbage in the hole is never read: reopening scans from the start (the control
+    // file's flush LSN), and reads below it are refused.
+    let file = OpenOptions::new().write(true).open(&segment_path).unwrap();
+    file.write_all_at(&[0xA5; 4_321], 0).unwrap();
+    drop(file);
+    let mut storage = open(&dir);
+    assert_eq!(
+        (storage.wal_start(), storage.wal_end()),
+        (BRANCH_START, end)
+    );
+    assert_eq!(read_all(&mut storage, BRANCH_START).unwrap(), written);
+
+    // Truncation back to the start keeps the hole only; the start survives a reopen.
+    storage.truncate_wal(BRANCH_START).unwrap();
+    drop(storage);
+    let storage = open(&dir);
+    assert_eq!(
+        (storage.wal_start(), storage.wal_end()),
+        (BRANCH_START, BRANCH_START)
+    );
+    assert_eq!(storage.control().timeline_start_lsn, BRANCH_START);
+}
+
+#[test]
+fn only_a_control_file_makes_a_folder_a_timeline() {
+    let dir = TempDir::new("existing");
+    let timeline = TimelineId::from_u128(TIMELINE);
+    let folder = timeline_dir(&dir.0, timeline);
+    // Nothing there: none, and nothing is created.
+    assert!(WalStorage::open_existing(&dir.0, timeline)
+        .unwrap()
+        .is_none());
+    assert!(!folder.exists());
+    // A folder left by a creation that a crash interrupted: not a timeline, and creation
+    // can finish later.
+    std::fs::create_dir_all(&folder).unwrap();
+    assert!(WalStorage::open_existing(&dir.0, timeline)
+        .unwrap()
+        .is_none());
+    WalStorage::create(&dir.0, timeline, BRANCH_START).unwrap();
+    assert_eq!(
+        WalStorage::open_existing(&dir.0, timeline)
+            .unwrap()
+            .unwrap()
+            .control()
+            .timeline_start_lsn,
+        BRANCH_START
+    );
+    // WAL without a control file is not something to start afresh over.
+    std::fs::remove_file(folder.join(control_file::CONTROL_FILE_NAME)).unwrap();
+    std::fs::write(folder.join(segment_name(3)), b"wal").unwrap();
+    assert!(matches!(
+        WalStorage::open_existing(&dir.0, timeline),
+        Err(SafekeeperError::Corrupt(_))
+    ));
+    assert!(WalStorage::create(&dir.0, timeline, BRANCH_START).is_err());
+}
+
+/// Everything removed up to a flush LSN that ends exactly at a segment boundary (the
+/// segment holding the byte before it is gone and the next one was never written): the
+/// timeline still opens, with its local WAL starting at its end.
+#[test]
+fn wal_removed_up_to_a_segment_boundary_reopens() {
+    let dir = TempDir::new("removed-boundary");
+    let data = record(1, 100);
+    let start = Lsn(SEGMENT_BYTES - data.len() as u64);
+    let mut storage = open_at(&dir, start);
+    write_records(&mut storage, &[data]);
+    let end = Lsn(SEGMENT_BYTES);
+    storage
+        .persist_control(&ControlState {
+            flush_lsn: end,
+            commit_lsn: end,
+            backup_lsn: end,
+            remote_consistent_lsn: end,
+            ..ControlState::new_timeline(start)
+        })
+        .unwrap();
+    assert_eq!(storage.remove_wal_below(end).unwrap(), end);
+    assert_eq!(segment_len(&storage, 0), None);
+    drop(storage);
+    let storage = open(&dir);
+    assert_eq!((storage.wal_start(), storage.wal_end()), (end, end));
 }

@@ -50,10 +50,7 @@ impl PageserverClient {
             })
             .await
         {
-            Response::Status {
-                last_record_lsn,
-                remote_consistent_lsn,
-            } => (last_record_lsn, remote_consistent_lsn),
+            Response::Timeline(info) => (info.last_record_lsn, info.remote_consistent_lsn),
             other => panic!("status: {other:?}"),
         }
     }

@@ -56,8 +56,8 @@ pub use row::{encode_values, BatchBuilder, Value, ROW_FORMAT_VERSION};
 #[cfg(feature = "scalar")]
 pub use scalar::{decode_row, encode_row};
 pub use table::{
-    ColumnDef, TableDef, CATALOG_TABLE_ID, FIRST_USER_TABLE_ID, KEY_COLUMN, META_TABLE_ID,
-    NEXT_TABLE_ID_KEY,
+    ColumnDef, TableDef, CATALOG_TABLE_ID, COMMIT_TIMES_TABLE_ID, FIRST_USER_TABLE_ID, KEY_COLUMN,
+    META_TABLE_ID, NEXT_TABLE_ID_KEY,
 };
 
 /// Errors of the row and key codecs.

@@ -3,7 +3,10 @@
 //! compute (or a branch, or the pageserver's compaction) sees the schema at its LSN:
 //!
 //! - table [`CATALOG_TABLE_ID`]: key = table name (UTF-8), value = versioned JSON [`TableDef`];
-//! - table [`META_TABLE_ID`]: key `next_table_id`, value = u32 big-endian.
+//! - table [`META_TABLE_ID`]: key `next_table_id`, value = u32 big-endian;
+//! - table [`COMMIT_TIMES_TABLE_ID`]: written by the pageserver as it applies WAL, never by a
+//!   compute: key = commit time (µs since the Unix epoch, u64 big-endian), value = that
+//!   commit's LSN (u64 big-endian); it finds "the last commit at or before time T".
 //!
 //! Table ids are never reused: a dropped table's rows stay invisible for ever. Pure.
 
@@ -17,6 +20,7 @@ use crate::ColumnType;
 
 pub const CATALOG_TABLE_ID: u32 = 1;
 pub const META_TABLE_ID: u32 = 2;
+pub const COMMIT_TIMES_TABLE_ID: u32 = 3;
 /// The first id handed to a user table; lower ids are reserved for the system.
 pub const FIRST_USER_TABLE_ID: u32 = 16;
 pub const NEXT_TABLE_ID_KEY: &[u8] = b"next_table_id";

@@ -3,10 +3,12 @@
 //!
 //! Two kinds of connection reach a safekeeper:
 //!
-//! - **proposer** (the primary compute): `Hello`, then `RequestVote` / `Elected` / `Append`
-//!   / `ReadWal`, each answered by one [`Response`]. Appends may be pipelined: the
-//!   safekeeper answers them in order, and may answer a run of appends with one response
-//!   after one fsync (group commit).
+//! - **proposer** (the primary compute): `Hello { timeline, start_lsn }`, then `RequestVote`
+//!   / `Elected` / `Append` / `ReadWal`, each answered by one [`Response`]. `Hello` is the
+//!   only request that creates a timeline: one the safekeeper does not have yet is created
+//!   with its WAL starting at `start_lsn` (0 for a root timeline, the branch LSN for a
+//!   branch). Appends may be pipelined: the safekeeper answers them in order, and may answer
+//!   a run of appends with one response after one fsync (group commit).
 //! - **replication** (the pageserver): `StartReplication`, after which the safekeeper sends
 //!   [`Response::WalData`] frames with committed WAL for as long as the connection lives.
 //!   If the WAL at the start was already offloaded and removed locally, the safekeeper
@@ -14,6 +16,12 @@
 //!   object store instead.
 //! - **feedback** (the pageserver, to every safekeeper): [`Request::Feedback`] frames, never
 //!   answered, whenever more of what the pageserver ingested is durable in the object store.
+//! - **status probe** (the pageserver): one [`Request::TimelineStatus`], answered by one
+//!   `Status`; changes nothing.
+//!
+//! `StartReplication`, `Feedback` and `TimelineStatus` for a timeline the safekeeper does not
+//! have are answered with `Error` ("not known … a compute creates it"): the pageserver
+//! retries until a compute has created the timeline with `Hello`.
 //!
 //! Every message is one [`wire`] frame. Decoding never panics on bad bytes.
 
@@ -77,6 +85,23 @@ impl TermHistory {
             None => Lsn::ZERO,
             Some((i, j)) => end_of(self, i, self_flush).min(end_of(other, j, other_flush)),
         }
+    }
+
+    /// Where a safekeeper whose log has history `other` and ends at `other_flush` must be
+    /// cut to continue the log `self` ending at `self_flush`, on a timeline whose WAL starts
+    /// at `timeline_start`: the [`TermHistory::agreement_point`], but never below the
+    /// timeline's start. Every log of the timeline begins there (a safekeeper creates the
+    /// timeline with its WAL starting at that LSN and has no WAL below it), so two logs that
+    /// share no term still agree on the empty WAL up to it.
+    pub fn truncation_point(
+        &self,
+        self_flush: Lsn,
+        other: &TermHistory,
+        other_flush: Lsn,
+        timeline_start: Lsn,
+    ) -> Lsn {
+        self.agreement_point(self_flush, other, other_flush)
+            .max(timeline_start)
     }
 
     /// This history cut so that it covers only WAL below `lsn`.
@@ -169,8 +194,15 @@ impl AcceptorStatus {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
-    /// Opens a proposer connection for a timeline (created on first use).
-    Hello { timeline: TimelineId },
+    /// Opens a proposer connection for a timeline. If the safekeeper does not have the
+    /// timeline yet, it creates it with its WAL starting at `start_lsn` (flush, commit and
+    /// backup LSNs all at `start_lsn`; no WAL below it, ever). For a timeline it has, a
+    /// `start_lsn` above its flush LSN, or one that differs from the recorded start while the
+    /// timeline holds no WAL of its own, is answered with `Error` and changes nothing.
+    Hello {
+        timeline: TimelineId,
+        start_lsn: Lsn,
+    },
     /// Asks for a vote in `term`. Granted only if `term` is above every term the acceptor
     /// has seen; the acceptor persists `term` before answering.
     RequestVote { term: u64 },
@@ -195,18 +227,24 @@ pub enum Request {
         end_lsn: Lsn,
         max_bytes: u32,
     },
-    /// Opens a replication connection: stream committed WAL from `start_lsn`.
+    /// Opens a replication connection: stream committed WAL from `start_lsn`. Never creates
+    /// the timeline.
     StartReplication {
         timeline: TimelineId,
         start_lsn: Lsn,
     },
     /// The pageserver's state of `timeline` up to `remote_consistent_lsn` is durable in the
     /// object store, so safekeepers need not keep WAL below it. Opens (and continues) a
-    /// feedback connection; never answered.
+    /// feedback connection; never answered (except by `Error` for an unknown timeline).
+    /// Never creates the timeline.
     Feedback {
         timeline: TimelineId,
         remote_consistent_lsn: Lsn,
     },
+    /// Asks how far a timeline is flushed and committed: answered by one `Status` (or
+    /// `Error` for an unknown timeline), after which the safekeeper closes the connection.
+    /// Changes nothing and never creates the timeline (unlike `Hello`).
+    TimelineStatus { timeline: TimelineId },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -253,6 +291,7 @@ mod tag {
     pub const READ_WAL: u8 = 5;
     pub const START_REPLICATION: u8 = 6;
     pub const FEEDBACK: u8 = 7;
+    pub const TIMELINE_STATUS: u8 = 8;
 
     pub const STATUS: u8 = 101;
     pub const VOTE: u8 = 102;
@@ -268,9 +307,12 @@ impl Request {
     pub fn encode(&self) -> Bytes {
         let mut e;
         match self {
-            Request::Hello { timeline } => {
+            Request::Hello {
+                timeline,
+                start_lsn,
+            } => {
                 e = Encoder::new(tag::HELLO);
-                e.timeline(*timeline);
+                e.timeline(*timeline).lsn(*start_lsn);
             }
             Request::RequestVote { term } => {
                 e = Encoder::new(tag::REQUEST_VOTE);
@@ -317,6 +359,10 @@ impl Request {
                 e = Encoder::new(tag::FEEDBACK);
                 e.timeline(*timeline).lsn(*remote_consistent_lsn);
             }
+            Request::TimelineStatus { timeline } => {
+                e = Encoder::new(tag::TIMELINE_STATUS);
+                e.timeline(*timeline);
+            }
         }
         e.finish()
     }
@@ -326,6 +372,7 @@ impl Request {
         let request = match d.u8()? {
             tag::HELLO => Request::Hello {
                 timeline: d.timeline()?,
+                start_lsn: d.lsn()?,
             },
             tag::REQUEST_VOTE => Request::RequestVote { term: d.u64()? },
             tag::ELECTED => Request::Elected {
@@ -357,6 +404,9 @@ impl Request {
             tag::START_REPLICATION => Request::StartReplication {
                 timeline: d.timeline()?,
                 start_lsn: d.lsn()?,
+            },
+            tag::TIMELINE_STATUS => Request::TimelineStatus {
+                timeline: d.timeline()?,
             },
             other => return Err(WireError::Malformed(format!("unknown request tag {other}"))),
         };
@@ -495,10 +545,47 @@ mod tests {
     }
 
     #[test]
+    fn truncation_point_never_goes_below_the_timeline_start() {
+        let start = Lsn(5000);
+        // A new timeline: the proposer's first term starts at the timeline start and a
+        // safekeeper with an empty history is cut at the start, where its log ends.
+        let proposer = history(&[(1, 5000)]);
+        assert_eq!(
+            proposer.truncation_point(start, &TermHistory::default(), start, start),
+            start
+        );
+        // Shared terms decide as before.
+        let a = history(&[(1, 5000), (3, 5100)]);
+        let b = history(&[(1, 5000), (2, 5080)]);
+        assert_eq!(
+            a.truncation_point(Lsn(5150), &b, Lsn(5120), start),
+            Lsn(5080)
+        );
+        // No shared term: the start, not 0.
+        assert_eq!(
+            a.truncation_point(Lsn(5150), &history(&[(2, 5000)]), Lsn(5050), start),
+            start
+        );
+        // A root timeline is unchanged.
+        assert_eq!(
+            a.truncation_point(Lsn(5150), &history(&[(2, 5000)]), Lsn(5050), Lsn::ZERO),
+            Lsn::ZERO
+        );
+    }
+
+    #[test]
     fn messages_round_trip_and_reject_garbage() {
         let requests = vec![
             Request::Hello {
                 timeline: TimelineId::from_u128(9),
+                start_lsn: Lsn::ZERO,
+            },
+            Request::Hello {
+                timeline: TimelineId::from_u128(9),
+                start_lsn: Lsn((3 << 24) + 4321),
+            },
+            Request::TimelineStatus {
+                timeline: TimelineId::from_u128(10),
             },
             Request::RequestVote { term: 4 },
             Request::Elected {

@@ -15,7 +15,7 @@
 //! read is bounds-checked.
 
 use bytes::{BufMut, Bytes, BytesMut};
-use ids::{Lsn, TimelineId};
+use ids::{Lsn, TenantId, TimelineId};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Version of the frame layout and of the message encodings inside it.
@@ -152,6 +152,10 @@ impl Encoder {
         self.buf.put_slice(&v.0);
         self
     }
+    pub fn tenant(&mut self, v: TenantId) -> &mut Self {
+        self.buf.put_slice(&v.0);
+        self
+    }
     pub fn bytes(&mut self, v: &[u8]) -> &mut Self {
         self.buf.put_u32(v.len() as u32);
         self.buf.put_slice(v);
@@ -222,6 +226,9 @@ impl<'a> Decoder<'a> {
     }
     pub fn timeline(&mut self) -> Result<TimelineId> {
         Ok(TimelineId(self.take(16)?.try_into().expect("16 bytes")))
+    }
+    pub fn tenant(&mut self) -> Result<TenantId> {
+        Ok(TenantId(self.take(16)?.try_into().expect("16 bytes")))
     }
     pub fn bytes(&mut self) -> Result<&'a [u8]> {
         let len = self.u32()? as usize;
