@@ -65,25 +65,6 @@ fn stop(mut child: Child) {
     }
 }
 
-/// Pids of live processes whose command line mentions `needle`.
-fn processes_mentioning(needle: &str) -> Vec<String> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-        let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        if text.contains(needle) && !text.contains("cargo") {
-            let status = std::fs::read_to_string(entry.path().join("status")).unwrap_or_default();
-            if !status
-                .lines()
-                .any(|l| l.starts_with("State:") && l.contains('Z'))
-            {
-                found.push(format!("{}: {text}", entry.file_name().to_string_lossy()));
-            }
-        }
-    }
-    found
-}
-
 #[test]
 fn start_prints_a_url_stops_cleanly_and_finds_its_data_again() {
     let data_dir = std::env::temp_dir().join(format!("omendb-launcher-{}", std::process::id()));
@@ -99,7 +80,7 @@ fn start_prints_a_url_stops_cleanly_and_finds_its_data_again() {
         "first\nsecond"
     );
     stop(child);
-    let left = processes_mentioning(&data_dir.display().to_string());
+    let left = support::launcher::processes_mentioning(&data_dir.display().to_string());
     assert!(left.is_empty(), "children left running: {left:?}");
     for name in [
         "safekeeper-1",
