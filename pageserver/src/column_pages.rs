@@ -324,39 +324,14 @@ fn key_for_humans(key: &[u8]) -> String {
     out
 }
 
-/// A comparison of a [`ColumnPredicate`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CompareOp {
-    Eq,
-    Lt,
-    LtEq,
-    Gt,
-    GtEq,
-}
-
-/// The constant side of a [`ColumnPredicate`]. It is compared with a column's values only
-/// where it converts exactly to the column's type: an integer with integer, decimal and
-/// floating-point columns (if exactly representable), a decimal with decimal and integer
-/// columns (after an exact rescale), a float with floating-point columns (and smallint and
-/// integer columns when it is integral), text with text, bytes with bytea and the key column,
-/// a date with date columns, a timestamp with both timestamp types.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Literal {
-    Int(i64),
-    Float(f64),
-    /// An unscaled value and its scale: `{ value: 12345, scale: 2 }` is 123.45.
-    Decimal {
-        value: i128,
-        scale: i8,
-    },
-    Bool(bool),
-    Text(String),
-    Bytes(Vec<u8>),
-    /// Days since 1970-01-01.
-    Date(i32),
-    /// Microseconds since 1970-01-01 00:00:00 (UTC for `timestamptz`).
-    Timestamp(i64),
-}
+/// The comparison and the constant side of a [`ColumnPredicate`] are the read protocol's. A
+/// literal is compared with a column's values only where it converts exactly to the column's
+/// type: an integer with integer, decimal and floating-point columns (if exactly
+/// representable), a decimal with decimal and integer columns (after an exact rescale), a
+/// float with floating-point columns (and smallint and integer columns when it is integral),
+/// text with text, bytes with bytea and the key column, a date with date columns, a
+/// timestamp with both timestamp types.
+pub use pageserver_api::{CompareOp, Literal};
 
 /// `column op literal`, where `column` indexes the file's schema: the table's columns in
 /// order, then the key column (index `table.columns.len()`). The predicates of a scan are a

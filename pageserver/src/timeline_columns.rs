@@ -57,7 +57,7 @@ use tokio::io::AsyncWrite;
 
 use super::{FrozenLayer, Timeline};
 use crate::block_cache::RemoteSource;
-use crate::column_pages::{self, ColumnPages, ColumnPredicate, CompareOp, Literal, ScanStats};
+use crate::column_pages::{self, ColumnPages, ColumnPredicate, ScanStats};
 use crate::delta_layer::{DeltaCursor, DeltaLayer};
 use crate::error::{PageserverError, Result};
 use crate::layers::{at_key, LayerSource};
@@ -164,29 +164,10 @@ impl ColumnScanRequest {
 }
 
 fn predicate_from_wire(predicate: &pageserver_api::ColumnPredicate) -> ColumnPredicate {
-    use pageserver_api::{CompareOp as Op, Literal as L};
     ColumnPredicate {
         column: predicate.column as usize,
-        op: match predicate.op {
-            Op::Eq => CompareOp::Eq,
-            Op::Lt => CompareOp::Lt,
-            Op::LtEq => CompareOp::LtEq,
-            Op::Gt => CompareOp::Gt,
-            Op::GtEq => CompareOp::GtEq,
-        },
-        literal: match &predicate.literal {
-            L::Int(v) => Literal::Int(*v),
-            L::Float(v) => Literal::Float(*v),
-            L::Decimal { value, scale } => Literal::Decimal {
-                value: *value,
-                scale: *scale,
-            },
-            L::Bool(v) => Literal::Bool(*v),
-            L::Text(v) => Literal::Text(v.clone()),
-            L::Bytes(v) => Literal::Bytes(v.clone()),
-            L::Date(v) => Literal::Date(*v),
-            L::Timestamp(v) => Literal::Timestamp(*v),
-        },
+        op: predicate.op,
+        literal: predicate.literal.clone(),
     }
 }
 
