@@ -91,6 +91,13 @@ enum Command {
         /// How long a read waits for the WAL it needs.
         #[arg(long, default_value_t = 10_000)]
         wait_lsn_timeout_ms: u64,
+        /// Run garbage collection this often.
+        #[arg(long, default_value_t = pageserver::limits::GC_INTERVAL_DEFAULT_MS)]
+        gc_interval_ms: u64,
+        /// Keep every timeline's history (reads and branches at any past moment) this far
+        /// back, in seconds.
+        #[arg(long, default_value_t = pageserver::limits::PITR_WINDOW_DEFAULT_SECS)]
+        pitr_window_secs: u64,
         /// Memory for cached blocks of layer files, in bytes.
         #[arg(long, default_value_t = pageserver::block_cache::BLOCK_CACHE_MEMORY_BYTES_DEFAULT)]
         cache_memory_bytes: u64,
@@ -229,6 +236,8 @@ fn main() -> anyhow::Result<()> {
                 timeline,
                 checkpoint_interval_ms,
                 wait_lsn_timeout_ms,
+                gc_interval_ms,
+                pitr_window_secs,
                 cache_memory_bytes,
                 cache_disk_bytes,
                 metrics_listen,
@@ -242,6 +251,8 @@ fn main() -> anyhow::Result<()> {
                     timeline,
                     checkpoint_interval: Duration::from_millis(checkpoint_interval_ms),
                     wait_lsn_timeout: Duration::from_millis(wait_lsn_timeout_ms),
+                    gc_interval: Duration::from_millis(gc_interval_ms),
+                    pitr_window: Duration::from_secs(pitr_window_secs),
                     cache_memory_bytes,
                     cache_disk_bytes,
                     metrics_listen,

@@ -126,3 +126,93 @@ fn cluster_on_s3_offloads_wal_and_rebuilds_a_pageserver_from_it() {
         cluster.log_tail("pageserver")
     );
 }
+
+/// Garbage collection on S3 with real processes: a pageserver that keeps no past history
+/// (`--pitr-window-secs 0`) and collects often deletes delta layers once image layers cover
+/// them, every row stays readable, and a pageserver on an empty disk rebuilds from what is
+/// left.
+#[test]
+fn gc_on_s3_deletes_covered_layers_and_keeps_every_row() {
+    let moto = MotoServer::start("e2e-gc");
+    moto.create_bucket(BUCKET);
+    let rt = runtime();
+    let mut cluster = Cluster::start_with(
+        "s3-gc",
+        Options {
+            object_store: Some(format!("s3://{BUCKET}/{PREFIX}")),
+            env: moto.aws_env(),
+            pageserver_args: ["--gc-interval-ms", "300", "--pitr-window-secs", "0"]
+                .map(String::from)
+                .to_vec(),
+            ..Options::default()
+        },
+    );
+    let url = cluster.url();
+    let layers_prefix = format!("{PREFIX}/tenants/");
+    let delta_keys = || -> std::collections::BTreeSet<String> {
+        moto.list_keys(BUCKET, &layers_prefix)
+            .into_iter()
+            .filter(|key| key.ends_with(".delta"))
+            .collect()
+    };
+    let mut seen = std::collections::BTreeSet::new();
+    const ROUNDS: i32 = 14;
+    rt.block_on(async {
+        let client = connect(&url).await;
+        client
+            .batch_execute("CREATE TABLE counters (id int PRIMARY KEY, n int)")
+            .await
+            .unwrap();
+        // One delta layer per round (each outlives a checkpoint interval): enough for
+        // compaction to write image layers.
+        for round in 0..ROUNDS {
+            client
+                .execute("INSERT INTO counters VALUES ($1, 0)", &[&round])
+                .await
+                .unwrap();
+            client
+                .execute("UPDATE counters SET n = n + 1", &[])
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            seen.extend(delta_keys());
+        }
+    });
+    wait_until(
+        "an image layer is written and a covered delta layer deleted",
+        || {
+            let keys = moto.list_keys(BUCKET, &layers_prefix);
+            let now = delta_keys();
+            keys.iter().any(|key| key.ends_with(".image"))
+                && seen.iter().any(|key| !now.contains(key))
+        },
+    );
+    let expected: Vec<(i32, i32)> = (0..ROUNDS).map(|id| (id, ROUNDS - id)).collect();
+    let read_all = |url: String| async move {
+        let client = connect(&url).await;
+        client
+            .query("SELECT id, n FROM counters ORDER BY id", &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|row| (row.get(0), row.get(1)))
+            .collect::<Vec<(i32, i32)>>()
+    };
+    assert_eq!(rt.block_on(read_all(url.clone())), expected);
+    let log = std::fs::read_to_string(cluster.log_path("pageserver")).unwrap();
+    assert!(
+        log.contains("GC kept LSN"),
+        "{}",
+        cluster.log_tail("pageserver")
+    );
+
+    // A pageserver on an empty disk finds only what GC kept, and that is enough.
+    assert!(
+        cluster.stop("pageserver"),
+        "{}",
+        cluster.log_tail("pageserver")
+    );
+    let _ = std::fs::remove_dir_all(cluster.component_dir("pageserver"));
+    cluster.start_component("pageserver");
+    assert_eq!(rt.block_on(read_all(url)), expected);
+}

@@ -267,6 +267,8 @@ fn config(object_store_dir: &std::path::Path, safekeepers: Vec<SocketAddr>) -> C
         tenant: TENANT,
         timeline: TIMELINE,
         checkpoint_interval: Duration::from_millis(100),
+        gc_interval: Duration::from_secs(3600),
+        pitr_window: Duration::from_secs(3600),
         wait_lsn_timeout: Duration::from_secs(1),
         cache_memory_bytes: 4 << 20,
         cache_disk_bytes: crate::block_cache::BLOCK_CACHE_DISK_BYTES_MIN,

@@ -53,6 +53,16 @@ pub enum PageserverError {
     #[error("{0}")]
     Conflict(String),
 
+    /// A read or branch point below what garbage collection kept of a timeline's history.
+    #[error(
+        "LSN {lsn} of timeline {timeline} is no longer kept: history is kept from LSN {cutoff} on (and at the branch points of its branches)"
+    )]
+    NotRetained {
+        timeline: TimelineId,
+        lsn: Lsn,
+        cutoff: Lsn,
+    },
+
     /// A broken invariant inside the pageserver: this is a bug.
     #[error("internal error (this is a bug): {0}")]
     Internal(String),

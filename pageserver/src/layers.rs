@@ -18,7 +18,7 @@
 //! ([`LayerSet::with`]), so a reader that took a snapshot reads a consistent set for as long
 //! as it holds it.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::ops::Bound;
 use std::sync::Arc;
 
@@ -210,6 +210,44 @@ impl LayerSet {
         next
     }
 
+    /// The names of the layers a read at `lsn` of any table not in `skipped` (tables
+    /// dropped at or below `lsn`, whose reads open no layer) may open: the same plans the
+    /// reads make, so a layer outside this set is never opened by such a read.
+    pub fn needed_at(&self, lsn: Lsn, skipped: &BTreeSet<u32>) -> BTreeSet<String> {
+        let mut tables = BTreeSet::new();
+        for file in self.files.values() {
+            match &file.desc {
+                LayerDesc::Delta { tables: held, .. } => tables.extend(held.iter().copied()),
+                LayerDesc::Image { table, .. } => {
+                    tables.insert(*table);
+                }
+            }
+        }
+        let mut needed = BTreeSet::new();
+        for table in tables.difference(skipped) {
+            for (_, plan) in self.map.range_search(&KeyRange::table(*table), lsn) {
+                needed.extend(plan.image);
+                needed.extend(self.holding(plan.deltas, *table));
+            }
+        }
+        needed
+    }
+
+    /// The deltas among `deltas` that hold changes to `table`: a delta's key range spans
+    /// from its lowest table to its highest, and the tables between that it has no change
+    /// of are not read from it.
+    fn holding(&self, deltas: Vec<String>, table: u32) -> Vec<String> {
+        deltas
+            .into_iter()
+            .filter(|name| {
+                self.files.get(name).is_none_or(|file| match &file.desc {
+                    LayerDesc::Delta { tables, .. } => tables.binary_search(&table).is_ok(),
+                    LayerDesc::Image { .. } => true,
+                })
+            })
+            .collect()
+    }
+
     pub fn descs(&self) -> impl Iterator<Item = &LayerDesc> {
         self.files.values().map(|file| &file.desc)
     }
@@ -232,7 +270,7 @@ impl LayerSet {
     ) -> Result<Lookup> {
         let full_key = timeline_key(table, key);
         let plan = self.map.search(&full_key, lsn);
-        for name in plan.deltas.iter().rev() {
+        for name in self.holding(plan.deltas, table).iter().rev() {
             let OpenLayer::Delta(delta) = &*self.open(storage, name).await? else {
                 return Err(wrong_kind(name));
             };
@@ -305,8 +343,9 @@ impl LayerSet {
             .collect();
 
         for (piece, plan) in self.map.range_search(&keys, lsn) {
-            let mut opened = Vec::with_capacity(plan.deltas.len() + 1);
-            for name in plan.deltas.iter().rev() {
+            let deltas = self.holding(plan.deltas, table);
+            let mut opened = Vec::with_capacity(deltas.len() + 1);
+            for name in deltas.iter().rev() {
                 opened.push(self.open(storage, name).await?);
             }
             if let Some(name) = &plan.image {

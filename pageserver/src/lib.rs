@@ -73,6 +73,11 @@ pub struct Config {
     pub timeline: ids::TimelineId,
     /// Upload what was ingested at least this often (default `limits::CHECKPOINT_INTERVAL_DEFAULT_MS`).
     pub checkpoint_interval: Duration,
+    /// Garbage collection runs this often (default `limits::GC_INTERVAL_DEFAULT_MS`).
+    pub gc_interval: Duration,
+    /// Every timeline keeps the history of this long a past (default
+    /// `limits::PITR_WINDOW_DEFAULT_SECS`): reads and branches at any moment inside it.
+    pub pitr_window: Duration,
     /// Reads wait at most this long for WAL (default `limits::WAIT_LSN_TIMEOUT_DEFAULT_MS`).
     pub wait_lsn_timeout: Duration,
     /// Memory for cached layer-file blocks (default
@@ -182,6 +187,12 @@ pub(crate) async fn run_with_listener(
             cancel.clone(),
         ));
     }
+    tasks.spawn(timelines::gc_loop(
+        timelines.clone(),
+        config.gc_interval,
+        config.pitr_window,
+        cancel.clone(),
+    ));
     tasks.spawn(server::serve(
         listener,
         timelines.clone(),

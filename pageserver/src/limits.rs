@@ -6,6 +6,11 @@
 
 /// Default of `Config::checkpoint_interval`: upload what was ingested at least this often.
 pub const CHECKPOINT_INTERVAL_DEFAULT_MS: u64 = 1_000;
+/// Default of `Config::gc_interval`: garbage collection runs this often.
+pub const GC_INTERVAL_DEFAULT_MS: u64 = 600_000;
+/// Default of `Config::pitr_window`: reads, and branches, are kept for any moment this far
+/// back (seven days).
+pub const PITR_WINDOW_DEFAULT_SECS: u64 = 7 * 24 * 3600;
 /// Default of `Config::wait_lsn_timeout`: a read waits at most this long for its WAL.
 pub const WAIT_LSN_TIMEOUT_DEFAULT_MS: u64 = 10_000;
 

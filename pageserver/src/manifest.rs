@@ -140,8 +140,21 @@ pub struct Manifest {
     pub ancestor: Option<Ancestor>,
     pub dropped_tables: Vec<DroppedTable>,
     /// Delta layers in LSN order, contiguous from the timeline's start to
-    /// `remote_consistent_lsn`; image layers in any order.
+    /// `remote_consistent_lsn` except for gaps that garbage collection left below
+    /// `gc_cutoff_lsn`; image layers in any order.
     pub layers: Vec<LayerDesc>,
+    /// Reads are exact at every LSN from here up (and at `gc_retained_lsns`); garbage
+    /// collection removed layers only readers below it needed. 0: nothing collected.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub gc_cutoff_lsn: u64,
+    /// LSNs below `gc_cutoff_lsn` whose state garbage collection kept, ascending: the branch
+    /// points of this timeline's branches.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gc_retained_lsns: Vec<u64>,
+}
+
+fn is_zero(value: &u64) -> bool {
+    *value == 0
 }
 
 #[derive(Serialize, Deserialize)]
@@ -169,7 +182,15 @@ impl Manifest {
             ancestor: None,
             dropped_tables: Vec::new(),
             layers: Vec::new(),
+            gc_cutoff_lsn: 0,
+            gc_retained_lsns: Vec::new(),
         }
+    }
+
+    /// Whether reads at `lsn` are still exact: at or above the GC cutoff, or at a retained
+    /// branch point.
+    pub fn is_retained(&self, lsn: Lsn) -> bool {
+        lsn.0 >= self.gc_cutoff_lsn || self.gc_retained_lsns.binary_search(&lsn.0).is_ok()
     }
 
     /// The LSN this timeline's own WAL starts at: 0, or the branch point.
@@ -213,7 +234,10 @@ impl Manifest {
                     if tables.windows(2).any(|pair| pair[0] >= pair[1]) {
                         return Err(format!("layer {}: tables not ascending", layer.file_name()));
                     }
-                    if *start_lsn != expected_start || end_lsn <= start_lsn {
+                    // Garbage collection may leave gaps, but only below its cutoff.
+                    let gap_allowed =
+                        *start_lsn > expected_start && *start_lsn <= self.gc_cutoff_lsn;
+                    if (*start_lsn != expected_start && !gap_allowed) || end_lsn <= start_lsn {
                         return Err(format!(
                             "layer {} does not continue at LSN {}",
                             layer.file_name(),
@@ -234,12 +258,30 @@ impl Manifest {
                 }
             }
         }
-        if expected_start != self.remote_consistent_lsn {
+        let collected_to_end = self.remote_consistent_lsn <= self.gc_cutoff_lsn;
+        if expected_start != self.remote_consistent_lsn
+            && !(expected_start < self.remote_consistent_lsn && collected_to_end)
+        {
             return Err(format!(
                 "layers end at LSN {} but remote_consistent_lsn is {}",
                 Lsn(expected_start),
                 Lsn(self.remote_consistent_lsn)
             ));
+        }
+        if self.gc_cutoff_lsn > self.remote_consistent_lsn {
+            return Err(format!(
+                "GC cutoff {} lies above remote_consistent_lsn {}",
+                Lsn(self.gc_cutoff_lsn),
+                Lsn(self.remote_consistent_lsn)
+            ));
+        }
+        let retained = &self.gc_retained_lsns;
+        if retained.windows(2).any(|pair| pair[0] >= pair[1])
+            || retained
+                .last()
+                .is_some_and(|last| *last >= self.gc_cutoff_lsn)
+        {
+            return Err("GC-retained LSNs are not ascending below the GC cutoff".into());
         }
         let mut names: Vec<String> = self.layers.iter().map(LayerDesc::file_name).collect();
         names.sort();
@@ -339,6 +381,8 @@ mod tests {
                     tables: vec![],
                 },
             ],
+            gc_cutoff_lsn: 0,
+            gc_retained_lsns: Vec::new(),
         }
     }
 
@@ -430,6 +474,17 @@ mod tests {
         late_drop.dropped_tables[0].lsn = 901;
         let mut own_ancestor = sample();
         own_ancestor.ancestor.as_mut().unwrap().timeline = own_ancestor.timeline.clone();
+        // Gaps that garbage collection leaves are allowed below its cutoff only.
+        let mut gap_above_cutoff = gap.clone();
+        gap_above_cutoff.gc_cutoff_lsn = 129;
+        let mut cutoff_above_end = sample();
+        cutoff_above_end.gc_cutoff_lsn = 901;
+        let mut retained_above_cutoff = sample();
+        retained_above_cutoff.gc_cutoff_lsn = 100;
+        retained_above_cutoff.gc_retained_lsns = vec![50, 100];
+        let mut retained_unsorted = sample();
+        retained_unsorted.gc_cutoff_lsn = 100;
+        retained_unsorted.gc_retained_lsns = vec![60, 50];
         for manifest in [
             gap,
             short,
@@ -440,6 +495,10 @@ mod tests {
             late_drop,
             own_ancestor,
             unsorted_tables,
+            gap_above_cutoff,
+            cutoff_above_end,
+            retained_above_cutoff,
+            retained_unsorted,
         ] {
             let err = Manifest::decode(&manifest.encode(), tenant, timeline).unwrap_err();
             assert!(matches!(err, PageserverError::Corrupt { .. }), "{err}");
@@ -460,5 +519,31 @@ mod tests {
                 "{err}"
             );
         }
+    }
+
+    #[test]
+    fn collected_manifests_keep_their_cutoff_and_old_ones_still_decode() {
+        let (tenant, timeline) = (TenantId::from_u128(1), TimelineId::from_u128(2));
+        // Nothing collected: the file is what versions without garbage collection wrote
+        // (same fields, so the same checksum).
+        let plain = sample().encode();
+        assert!(!String::from_utf8_lossy(&plain).contains("gc_"));
+        // The first delta and the image collected: a gap from the start up to the cutoff.
+        let mut collected = sample();
+        collected.layers.drain(..2);
+        collected.gc_cutoff_lsn = 120;
+        collected.gc_retained_lsns = vec![60];
+        let decoded = Manifest::decode(&collected.encode(), tenant, timeline).unwrap();
+        assert_eq!(decoded, collected);
+        assert!(decoded.is_retained(Lsn(120)) && decoded.is_retained(Lsn(900)));
+        assert!(decoded.is_retained(Lsn(60)));
+        assert!(!decoded.is_retained(Lsn(59)) && !decoded.is_retained(Lsn(119)));
+        // Every delta collected: allowed only when the cutoff reaches the end.
+        let mut empty = sample();
+        empty.layers.clear();
+        empty.gc_cutoff_lsn = 900;
+        Manifest::decode(&empty.encode(), tenant, timeline).unwrap();
+        empty.gc_cutoff_lsn = 899;
+        Manifest::decode(&empty.encode(), tenant, timeline).unwrap_err();
     }
 }

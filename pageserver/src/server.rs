@@ -227,7 +227,7 @@ fn error_response(err: &PageserverError) -> Response {
     let kind = match err {
         PageserverError::WaitLsnTimeout { .. } => ErrorKind::WaitLsnTimeout,
         PageserverError::UnknownTimeline(_) => ErrorKind::UnknownTimeline,
-        PageserverError::Conflict(_) => ErrorKind::Conflict,
+        PageserverError::Conflict(_) | PageserverError::NotRetained { .. } => ErrorKind::Conflict,
         _ => ErrorKind::Internal,
     };
     Response::Error {

@@ -71,7 +71,7 @@ pub struct Timeline {
     /// Held for a whole checkpoint or compaction, so that they never interleave.
     uploads: tokio::sync::Mutex<UploadState>,
     delta_layer_bytes_target: usize,
-    compaction_delta_layers_min: usize,
+    compaction_delta_layers_min: std::sync::atomic::AtomicUsize,
 }
 
 /// A branch's parent and the LSN it branched at: the branch's state at any LSN at or below
@@ -101,6 +101,10 @@ struct TimelineState {
     n_ignored_ops: u64,
     /// The commit time last recorded in `COMMIT_TIMES_TABLE_ID` (kept non-decreasing).
     last_commit_time_us: u64,
+    /// Reads below this LSN are refused, except at `gc_retained` (ascending): garbage
+    /// collection may have removed what they need. Raised before anything is removed.
+    gc_cutoff: Lsn,
+    gc_retained: Vec<Lsn>,
 }
 
 struct UploadState {
@@ -109,10 +113,13 @@ struct UploadState {
     /// The object-store version of that index: the next write is conditional on it, so a
     /// write based on anything but the index as last written is refused.
     manifest_version: ObjectVersion,
+    /// The bytes of the last index write whose outcome is unknown (it failed, but may have
+    /// landed): if the index now holds exactly them, the next write is based on that.
+    unconfirmed: Option<Bytes>,
 }
 
 /// Compaction's scans take whole tables.
-const UNLIMITED_SCAN: ScanLimits = ScanLimits {
+pub(crate) const UNLIMITED_SCAN: ScanLimits = ScanLimits {
     rows_max: usize::MAX,
     bytes_max: usize::MAX,
     keys_examined_max: usize::MAX,
@@ -174,7 +181,9 @@ impl Timeline {
             generation,
             ..manifest
         };
-        Timeline::claim(remote, cache, claimed, ancestor).await
+        let (claimed, version) = claim_index(&remote, claimed).await?;
+        let (claimed, version) = adopt_predecessor(&remote, claimed, version).await?;
+        Ok(Timeline::build(remote, cache, claimed, version, ancestor))
     }
 
     /// Creates a branch of `ancestor` at `lsn` (at or below what the ancestor has applied;
@@ -189,6 +198,7 @@ impl Timeline {
         lsn: Lsn,
     ) -> Result<Timeline> {
         let tenant_id = ancestor.tenant_id;
+        ancestor.check_readable(lsn)?;
         if lsn > ancestor.last_record_lsn() {
             return Err(PageserverError::Conflict(format!(
                 "timeline {} has applied WAL only up to LSN {}, not {lsn}",
@@ -225,38 +235,34 @@ impl Timeline {
             timeline: ancestor,
             lsn,
         };
-        Timeline::claim(remote, cache, manifest, Some(ancestor)).await
+        let (manifest, version) = claim_index(&remote, manifest).await?;
+        Ok(Timeline::build(
+            remote,
+            cache,
+            manifest,
+            version,
+            Some(ancestor),
+        ))
     }
 
-    /// Writes `claimed` as its generation's index, create-only, and builds the timeline on
-    /// it.
-    async fn claim(
+    /// The timeline whose index, as last written, is `claimed` at `manifest_version`.
+    fn build(
         remote: RemoteStorage,
         cache: Arc<BlockCache>,
         claimed: Manifest,
+        manifest_version: ObjectVersion,
         ancestor: Option<AncestorRef>,
-    ) -> Result<Timeline> {
-        let tenant_id: TenantId = parse_id(&claimed.tenant)?;
-        let timeline_id: TimelineId = parse_id(&claimed.timeline)?;
+    ) -> Timeline {
+        let tenant_id: TenantId = claimed.tenant.parse().expect("checked by claim_index");
+        let timeline_id: TimelineId = claimed.timeline.parse().expect("checked by claim_index");
         let generation = claimed.generation;
         let remote_consistent_lsn = claimed.remote_consistent_lsn();
-        let key = remote_layout::index_key(tenant_id, timeline_id, generation);
-        let manifest_version = remote
-            .put_if(&key, claimed.encode(), Expected::Absent)
-            .await
-            .map_err(|e| match e.is_precondition_failed() {
-                true => PageserverError::GenerationTaken {
-                    generation,
-                    timeline: timeline_id,
-                },
-                false => e.into(),
-            })?;
         let dropped = claimed
             .dropped_tables
             .iter()
             .map(|d| (d.table, Lsn(d.lsn)))
             .collect();
-        Ok(Timeline {
+        Timeline {
             tenant_id,
             timeline_id,
             generation,
@@ -275,16 +281,33 @@ impl Timeline {
                 dropped,
                 n_ignored_ops: 0,
                 last_commit_time_us: 0,
+                gc_cutoff: Lsn(claimed.gc_cutoff_lsn),
+                gc_retained: claimed
+                    .gc_retained_lsns
+                    .iter()
+                    .map(|lsn| Lsn(*lsn))
+                    .collect(),
             }),
             last_record_lsn: watch::Sender::new(remote_consistent_lsn),
             remote_consistent_lsn: watch::Sender::new(remote_consistent_lsn),
             uploads: tokio::sync::Mutex::new(UploadState {
                 manifest: claimed,
                 manifest_version,
+                unconfirmed: None,
             }),
             delta_layer_bytes_target: DELTA_LAYER_BYTES_TARGET,
-            compaction_delta_layers_min: COMPACTION_DELTA_LAYERS_MIN,
-        })
+            compaction_delta_layers_min: COMPACTION_DELTA_LAYERS_MIN.into(),
+        }
+    }
+
+    /// Refuses `lsn` if garbage collection may have removed what a read at it needs, here
+    /// or, below the branch point, up the ancestry.
+    pub fn check_readable(&self, lsn: Lsn) -> Result<()> {
+        self.read_state()?.check_retained(self.timeline_id, lsn)?;
+        match &self.ancestor {
+            Some(ancestor) if lsn < ancestor.lsn => ancestor.timeline.check_readable(lsn),
+            _ => Ok(()),
+        }
     }
 
     /// The branch's parent and branch LSN (`None` for a root timeline).
@@ -437,6 +460,7 @@ impl Timeline {
 
     /// The row at `(table, key)` as of `lsn`. The caller has waited for `lsn`.
     pub async fn get(&self, table: u32, key: &[u8], lsn: Lsn) -> Result<Option<Bytes>> {
+        self.check_readable(lsn)?;
         let layers = {
             let state = self.read_state()?;
             if state
@@ -523,6 +547,7 @@ impl Timeline {
         after_key: Option<&[u8]>,
         limits: ScanLimits,
     ) -> Result<ScanPage> {
+        self.check_readable(lsn)?;
         let (memory, layers) = {
             let state = self.read_state()?;
             if state
@@ -673,9 +698,12 @@ impl Timeline {
             }
         }
         let dropped: BTreeSet<u32> = manifest.dropped_tables.iter().map(|d| d.table).collect();
+        let compaction_delta_layers_min = self
+            .compaction_delta_layers_min
+            .load(std::sync::atomic::Ordering::Relaxed);
         let tables: Vec<u32> = deltas_above
             .into_iter()
-            .filter(|(table, n)| *n >= self.compaction_delta_layers_min && !dropped.contains(table))
+            .filter(|(table, n)| *n >= compaction_delta_layers_min && !dropped.contains(table))
             .map(|(table, _)| table)
             .collect();
         if tables.is_empty() {
@@ -805,17 +833,41 @@ impl Timeline {
     }
 
     /// Replaces this generation's index, on condition that it is still the one last written
-    /// (a compare-and-swap on its object version; refused if anything else wrote it).
+    /// (a compare-and-swap on its object version; refused if anything else wrote it). A
+    /// write that failed may still have landed: if the next one is refused and the index
+    /// holds exactly what that write sent, the index is ours, and the write goes on from it.
     async fn write_manifest(&self, uploads: &mut UploadState, manifest: Manifest) -> Result<()> {
         let key = remote_layout::index_key(self.tenant_id, self.timeline_id, self.generation);
+        let bytes = manifest.encode();
+        let remote = &self.storage.remote;
         let expected = Expected::Version(uploads.manifest_version.clone());
-        uploads.manifest_version = self
-            .storage
-            .remote
-            .put_if(&key, manifest.encode(), expected)
-            .await?;
-        uploads.manifest = manifest;
-        Ok(())
+        let written = match remote.put_if(&key, bytes.clone(), expected).await {
+            Err(e) if e.is_precondition_failed() && uploads.unconfirmed.is_some() => {
+                let (stored, version) = remote.get_with_version(&key, MANIFEST_BYTES_MAX).await?;
+                if Some(&stored) != uploads.unconfirmed.as_ref() {
+                    return Err(e.into());
+                }
+                uploads.manifest_version = version;
+                uploads.unconfirmed = None;
+                let expected = Expected::Version(uploads.manifest_version.clone());
+                remote.put_if(&key, bytes.clone(), expected).await
+            }
+            other => other,
+        };
+        match written {
+            Ok(version) => {
+                uploads.manifest_version = version;
+                uploads.manifest = manifest;
+                uploads.unconfirmed = None;
+                Ok(())
+            }
+            Err(e) => {
+                if !e.is_precondition_failed() {
+                    uploads.unconfirmed = Some(bytes);
+                }
+                Err(e.into())
+            }
+        }
     }
 
     #[cfg(test)]
@@ -824,8 +876,9 @@ impl Timeline {
     }
 
     #[cfg(test)]
-    pub(crate) fn set_compaction_delta_layers_min(&mut self, n: usize) {
-        self.compaction_delta_layers_min = n;
+    pub(crate) fn set_compaction_delta_layers_min(&self, n: usize) {
+        self.compaction_delta_layers_min
+            .store(n, std::sync::atomic::Ordering::Relaxed);
     }
 
     #[cfg(test)]
@@ -835,6 +888,19 @@ impl Timeline {
 }
 
 impl TimelineState {
+    /// Refuses a read at `lsn` that garbage collection may have removed layers of.
+    fn check_retained(&self, timeline: TimelineId, lsn: Lsn) -> Result<()> {
+        if lsn >= self.gc_cutoff || self.gc_retained.binary_search(&lsn).is_ok() {
+            Ok(())
+        } else {
+            Err(PageserverError::NotRetained {
+                timeline,
+                lsn,
+                cutoff: self.gc_cutoff,
+            })
+        }
+    }
+
     /// The in-memory layers, newest first: the first version found for a key is the newest.
     fn memory_layers(&self) -> impl Iterator<Item = &Store> {
         std::iter::once(&self.open).chain(self.frozen.iter().rev().map(|frozen| &frozen.store))
@@ -853,19 +919,113 @@ fn freeze(state: &mut TimelineState, end: Lsn) {
     }
 }
 
+/// Writes `claimed` as its generation's index, create-only: a second pageserver that picked
+/// the same generation fails here, before it serves anything. Returns the version written.
+async fn claim_index(
+    remote: &RemoteStorage,
+    claimed: Manifest,
+) -> Result<(Manifest, ObjectVersion)> {
+    let tenant_id: TenantId = parse_id(&claimed.tenant)?;
+    let timeline_id: TimelineId = parse_id(&claimed.timeline)?;
+    let generation = claimed.generation;
+    let key = remote_layout::index_key(tenant_id, timeline_id, generation);
+    let version = remote
+        .put_if(&key, claimed.encode(), Expected::Absent)
+        .await
+        .map_err(|e| match e.is_precondition_failed() {
+            true => PageserverError::GenerationTaken {
+                generation,
+                timeline: timeline_id,
+            },
+            false => e.into(),
+        })?;
+    Ok((claimed, version))
+}
+
+/// After claiming a generation, reads the newest older index again and, if it changed since
+/// it was first read, takes its content. A pageserver of an older generation deletes layer
+/// files only after checking that no newer generation has claimed an index, and only those
+/// its own index no longer names; reading after claiming means this pageserver starts from
+/// an index at least that new, so it never names a file the older one deletes.
+async fn adopt_predecessor(
+    remote: &RemoteStorage,
+    claimed: Manifest,
+    version: ObjectVersion,
+) -> Result<(Manifest, ObjectVersion)> {
+    let tenant_id: TenantId = parse_id(&claimed.tenant)?;
+    let timeline_id: TimelineId = parse_id(&claimed.timeline)?;
+    let generation = claimed.generation;
+    let Some(previous) = read_index_below(remote, tenant_id, timeline_id, generation).await? else {
+        return Ok((claimed, version));
+    };
+    if previous.generation + 1 != generation {
+        // The index this claim was based on is gone: a newer pageserver collected it.
+        return Err(PageserverError::Conflict(format!(
+            "timeline {timeline_id}: generation {}'s index disappeared while generation {generation} was claimed; a newer pageserver serves it",
+            generation - 1
+        )));
+    }
+    let previous = Manifest {
+        generation,
+        ..previous
+    };
+    if previous == claimed {
+        return Ok((claimed, version));
+    }
+    if previous.ancestor != claimed.ancestor {
+        return Err(PageserverError::corrupt(
+            format!("timeline index of {timeline_id}"),
+            "the ancestor changed between two generations",
+        ));
+    }
+    tracing::info!(
+        "timeline {timeline_id}: the previous generation's index changed while generation {generation} was claimed; starting from the newer one"
+    );
+    let key = remote_layout::index_key(tenant_id, timeline_id, generation);
+    let version = remote
+        .put_if(&key, previous.encode(), Expected::Version(version))
+        .await?;
+    Ok((previous, version))
+}
+
 /// The index of the newest generation of a timeline, checked; `None` if it has none.
 pub async fn read_index(
     remote: &RemoteStorage,
     tenant_id: TenantId,
     timeline_id: TimelineId,
 ) -> Result<Option<Manifest>> {
+    read_index_below(remote, tenant_id, timeline_id, u32::MAX).await
+}
+
+/// The generations of the index files of a timeline, ascending.
+pub(crate) async fn index_generations(
+    remote: &RemoteStorage,
+    tenant_id: TenantId,
+    timeline_id: TimelineId,
+) -> Result<Vec<u32>> {
     let prefix = remote_layout::timeline_prefix(tenant_id, timeline_id);
     let objects = remote.list(&prefix).await?;
-    let highest = objects
+    let mut generations: Vec<u32> = objects
         .iter()
         .filter_map(|object| object.key.strip_prefix(prefix.as_str())?.strip_prefix('/'))
         .filter_map(remote_layout::parse_index_file_name)
-        .max();
+        .collect();
+    generations.sort_unstable();
+    Ok(generations)
+}
+
+/// The index of the newest generation below `below` (`u32::MAX`: any), checked.
+async fn read_index_below(
+    remote: &RemoteStorage,
+    tenant_id: TenantId,
+    timeline_id: TimelineId,
+    below: u32,
+) -> Result<Option<Manifest>> {
+    let generations = index_generations(remote, tenant_id, timeline_id).await?;
+    let highest = match below {
+        u32::MAX => generations.last().copied(),
+        _ => generations.into_iter().rev().find(|g| *g < below),
+    };
     let Some(highest) = highest else {
         return Ok(None);
     };
@@ -899,9 +1059,12 @@ fn poisoned() -> PageserverError {
 #[path = "timeline_columns.rs"]
 pub mod columns;
 
+#[path = "timeline_gc.rs"]
+pub mod gc;
+
 #[cfg(test)]
 #[path = "timeline_tests.rs"]
-mod tests;
+pub(crate) mod tests;
 
 #[cfg(test)]
 #[path = "timeline_branch_tests.rs"]

@@ -303,6 +303,7 @@ impl Timeline {
     /// The image, deltas and in-memory versions a column scan of `table` at `lsn` reads;
     /// `None` when the table was dropped at or below `lsn`.
     fn column_snapshot(&self, table: u32, lsn: Lsn) -> Result<Option<Snapshot>> {
+        self.check_readable(lsn)?;
         let state = self.read_state()?;
         if state
             .dropped
@@ -311,6 +312,8 @@ impl Timeline {
         {
             return Ok(None);
         }
+        // Only the newest image at or below X is used (and only if it has column pages):
+        // garbage collection keeps no older one, nor the deltas below it.
         let image = state
             .layers
             .descs()
@@ -318,14 +321,14 @@ impl Timeline {
                 LayerDesc::Image {
                     table: image_table,
                     lsn: image_lsn,
-                    column_bytes: Some(_),
                     ..
                 } if *image_table == table && Lsn(*image_lsn) <= lsn => {
                     Some((Lsn(*image_lsn), desc.clone()))
                 }
                 _ => None,
             })
-            .max_by_key(|(image_lsn, _)| *image_lsn);
+            .max_by_key(|(image_lsn, _)| *image_lsn)
+            .filter(|(_, desc)| desc.column_file_name().is_some());
         let mut deltas: Vec<LayerDesc> = match &image {
             None => Vec::new(),
             Some((image_lsn, _)) => state

@@ -18,7 +18,7 @@ fn ids() -> (TenantId, TimelineId) {
 }
 
 /// A block cache on a new, empty folder, as a pageserver started on an empty disk has.
-pub(super) async fn empty_cache() -> Arc<BlockCache> {
+pub(crate) async fn empty_cache() -> Arc<BlockCache> {
     let config = BlockCacheConfig {
         memory_bytes: 1 << 20,
         disk_dir: temp_dir("timeline-cache"),
@@ -336,7 +336,7 @@ async fn wait_lsn_waits_for_ingest_or_times_out() {
 }
 
 /// Checks gets and scans (random ranges, random limits) at `lsn` against the model.
-pub(super) async fn check_reads(
+pub(crate) async fn check_reads(
     timeline: &Timeline,
     history: &[(Lsn, Transaction)],
     lsn: Lsn,
@@ -475,7 +475,7 @@ async fn compaction_writes_column_pages_for_user_tables() {
     use rowcodec::{BatchBuilder, ColumnDef, ColumnType, Value};
     let root = temp_dir("timeline-columns");
     let (tenant, timeline_id) = ids();
-    let mut timeline = load(&root).await.unwrap();
+    let timeline = load(&root).await.unwrap();
     timeline.set_compaction_delta_layers_min(2);
     let def = TableDef {
         id: 16,
@@ -1087,7 +1087,7 @@ mod column_scans {
     async fn a_selective_predicate_reads_a_fraction_of_the_column_pages() {
         let root = temp_dir("timeline-column-pruning");
         let mut rng = Rng::new(7);
-        let mut timeline = load(&root).await.unwrap();
+        let timeline = load(&root).await.unwrap();
         timeline.set_compaction_delta_layers_min(1);
         let n_rows = 3 * crate::column_pages::COLUMN_ROW_GROUP_ROWS as i32;
         let mut model = HashMap::new();
@@ -1219,7 +1219,7 @@ mod column_scans {
         let root = temp_dir("timeline-column-serve");
         let mut rng = Rng::new(3);
         let (history, model) = history(&mut rng, 30);
-        let mut timeline = load(&root).await.unwrap();
+        let timeline = load(&root).await.unwrap();
         timeline.set_compaction_delta_layers_min(1);
         for (i, (lsn, txn)) in history.iter().enumerate() {
             timeline.ingest(*lsn, txn.clone()).unwrap();
@@ -1289,7 +1289,7 @@ mod column_scans {
         let root = temp_dir("timeline-column-branch");
         let mut rng = Rng::new(9);
         let (history, model) = history(&mut rng, 40);
-        let mut parent = load(&root).await.unwrap();
+        let parent = load(&root).await.unwrap();
         parent.set_compaction_delta_layers_min(1);
         for (lsn, txn) in &history[..20] {
             parent.ingest(*lsn, txn.clone()).unwrap();

@@ -18,7 +18,7 @@
 //! - Deleting removes the index files first: a crash part-way leaves layer files no index
 //!   names (garbage), never an index naming deleted files.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -33,6 +33,7 @@ use crate::block_cache::BlockCache;
 use crate::error::{PageserverError, Result};
 use crate::manifest::Manifest;
 use crate::remote_layout;
+use crate::timeline::gc::GcOutcome;
 use crate::timeline::{read_index, Timeline};
 use crate::walreceiver;
 
@@ -112,21 +113,7 @@ impl Timelines {
     /// first, and starts serving them. Already served ones are left as they are.
     pub async fn load_tenant(&self, tenant: TenantId) -> Result<()> {
         let _changes = self.changes.lock().await;
-        let prefix = format!("tenants/{tenant}/timelines/");
-        let mut ids: Vec<TimelineId> = self
-            .remote
-            .list(&prefix)
-            .await?
-            .iter()
-            .filter_map(|object| {
-                let rest = object.key.strip_prefix(prefix.as_str())?;
-                let (id, file) = rest.split_once('/')?;
-                remote_layout::parse_index_file_name(file)?;
-                id.parse().ok()
-            })
-            .collect();
-        ids.sort();
-        ids.dedup();
+        let ids = indexed_timelines(&self.remote, tenant).await?;
         let mut pending: BTreeMap<TimelineId, Manifest> = BTreeMap::new();
         for id in ids {
             if self.lock()?.contains_key(&id) {
@@ -293,34 +280,53 @@ impl Timelines {
         Ok(lsn)
     }
 
-    /// Stops serving `timeline` and deletes its files. Refused while a served timeline
-    /// branches from it.
+    /// Stops serving `timeline` and deletes its files. Refused while a branch of it exists
+    /// (served, or only indexed in the object store). A timeline that is not served but has
+    /// files (a create whose outcome was unknown, a delete that failed part-way) is deleted
+    /// too.
     pub async fn delete(&self, timeline: TimelineId) -> Result<()> {
         let _changes = self.changes.lock().await;
-        let served = {
-            let mut served = self.lock()?;
-            if !served.contains_key(&timeline) {
-                return Err(PageserverError::UnknownTimeline(timeline));
+        let timelines = self.list()?;
+        let mut children: Vec<String> = timelines
+            .iter()
+            .filter(|t| {
+                t.ancestor()
+                    .is_some_and(|a| a.timeline.timeline_id() == timeline)
+            })
+            .map(|t| t.timeline_id().to_string())
+            .collect();
+        children.extend(
+            self.unserved_branches(&timelines)
+                .await?
+                .into_iter()
+                .filter(|branch| branch.parent.timeline_id() == timeline)
+                .map(|branch| branch.id.to_string()),
+        );
+        if !children.is_empty() {
+            return Err(PageserverError::Conflict(format!(
+                "timeline {timeline} has branches ({}); delete them first",
+                children.join(", ")
+            )));
+        }
+        let served = self.lock()?.remove(&timeline);
+        let tenant = match served {
+            Some(served) => {
+                let tenant = served.timeline.tenant_id();
+                stop(served).await;
+                tenant
             }
-            let children: Vec<String> = served
-                .values()
-                .filter(|s| {
-                    s.timeline
-                        .ancestor()
-                        .is_some_and(|a| a.timeline.timeline_id() == timeline)
-                })
-                .map(|s| s.timeline.timeline_id().to_string())
-                .collect();
-            if !children.is_empty() {
-                return Err(PageserverError::Conflict(format!(
-                    "timeline {timeline} has branches ({}); delete them first",
-                    children.join(", ")
-                )));
+            None => {
+                let tenants: BTreeSet<TenantId> = timelines.iter().map(|t| t.tenant_id()).collect();
+                let mut found = None;
+                for tenant in tenants {
+                    let prefix = remote_layout::timeline_prefix(tenant, timeline);
+                    if !self.remote.list(&prefix).await?.is_empty() {
+                        found = Some(tenant);
+                    }
+                }
+                found.ok_or(PageserverError::UnknownTimeline(timeline))?
             }
-            served.remove(&timeline).expect("checked above")
         };
-        let tenant = served.timeline.tenant_id();
-        stop(served).await;
         let prefix = remote_layout::timeline_prefix(tenant, timeline);
         let objects = self.remote.list(&prefix).await?;
         let (indexes, others): (Vec<_>, Vec<_>) = objects.into_iter().partition(|object| {
@@ -339,6 +345,87 @@ impl Timelines {
             indexes.len() + others.len()
         );
         Ok(())
+    }
+
+    /// Garbage-collects every timeline, keeping the history of the last `pitr_window` (reads
+    /// at the LSN of the last commit at or before now − window, and above) and the branch
+    /// points its branches read it at. Serialized with creating and deleting, so no branch
+    /// appears at a point being collected. A timeline's failure is logged and reported in
+    /// its entry; the others are still collected.
+    pub async fn gc(&self, pitr_window: Duration) -> Result<Vec<(TimelineId, Result<GcOutcome>)>> {
+        let now_us = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| since.as_micros() as u64);
+        self.gc_at(now_us.saturating_sub(pitr_window.as_micros() as u64))
+            .await
+    }
+
+    /// [`Timelines::gc`] keeping every moment from `horizon_us` (µs since the epoch) on.
+    pub async fn gc_at(&self, horizon_us: u64) -> Result<Vec<(TimelineId, Result<GcOutcome>)>> {
+        let _changes = self.changes.lock().await;
+        let timelines = self.list()?;
+        let mut branch_points: Vec<(Arc<Timeline>, Lsn)> = timelines
+            .iter()
+            .filter_map(|t| t.ancestor().map(|a| (a.timeline.clone(), a.lsn)))
+            .collect();
+        branch_points.extend(
+            self.unserved_branches(&timelines)
+                .await?
+                .into_iter()
+                .map(|branch| (branch.parent, branch.lsn)),
+        );
+        let retained = retained_lsns(branch_points);
+        let mut outcomes = Vec::with_capacity(timelines.len());
+        for timeline in timelines {
+            let id = timeline.timeline_id();
+            let outcome = async {
+                // Nothing committed that long ago: everything is inside the window.
+                let cutoff = timeline.lsn_at_time(horizon_us).await?.unwrap_or(Lsn::ZERO);
+                let retained: Vec<Lsn> = retained
+                    .get(&id)
+                    .map(|lsns| lsns.iter().copied().collect())
+                    .unwrap_or_default();
+                timeline.gc(cutoff, &retained).await
+            }
+            .await;
+            if let Err(err) = &outcome {
+                tracing::warn!("garbage collection of timeline {id} failed (will retry): {err}");
+            }
+            outcomes.push((id, outcome));
+        }
+        Ok(outcomes)
+    }
+
+    /// Branches of served timelines that the object store has an index for but that are
+    /// not served (a create whose outcome was unknown to its caller, say): their ancestors
+    /// keep what they would read, and are not deleted before them.
+    async fn unserved_branches(&self, served: &[Arc<Timeline>]) -> Result<Vec<UnservedBranch>> {
+        let by_id: HashMap<TimelineId, &Arc<Timeline>> =
+            served.iter().map(|t| (t.timeline_id(), t)).collect();
+        let tenants: BTreeSet<TenantId> = served.iter().map(|t| t.tenant_id()).collect();
+        let mut branches = Vec::new();
+        for tenant in tenants {
+            for id in indexed_timelines(&self.remote, tenant).await? {
+                if by_id.contains_key(&id) {
+                    continue;
+                }
+                let Some(index) = read_index(&self.remote, tenant, id).await? else {
+                    continue;
+                };
+                let Some(ancestor) = index.ancestor else {
+                    continue;
+                };
+                let parent = ancestor.timeline.parse::<TimelineId>().ok();
+                if let Some(parent) = parent.and_then(|parent| by_id.get(&parent)) {
+                    branches.push(UnservedBranch {
+                        id,
+                        parent: (*parent).clone(),
+                        lsn: Lsn(ancestor.lsn),
+                    });
+                }
+            }
+        }
+        Ok(branches)
     }
 
     /// Stops every timeline's tasks, then uploads what each one has not uploaded yet.
@@ -456,6 +543,79 @@ impl Timelines {
         }
         Ok(())
     }
+}
+
+/// For each timeline, the LSNs its branches (and their branches) read it at, from each
+/// branch's (ancestor, branch point): a branch reads its ancestor at its branch point, and a
+/// point below the ancestor's own branch point is read further up, so each ancestor on the
+/// way is read at the lowest point on the path.
+fn retained_lsns(branch_points: Vec<(Arc<Timeline>, Lsn)>) -> HashMap<TimelineId, BTreeSet<Lsn>> {
+    let mut retained: HashMap<TimelineId, BTreeSet<Lsn>> = HashMap::new();
+    for (ancestor, lsn) in branch_points {
+        retained
+            .entry(ancestor.timeline_id())
+            .or_default()
+            .insert(lsn);
+        let mut read_at = lsn;
+        let mut next = ancestor.ancestor();
+        while let Some(up) = next {
+            read_at = read_at.min(up.lsn);
+            retained
+                .entry(up.timeline.timeline_id())
+                .or_default()
+                .insert(read_at);
+            next = up.timeline.ancestor();
+        }
+    }
+    retained
+}
+
+/// Runs [`Timelines::gc`] every `interval` until cancelled.
+pub async fn gc_loop(
+    timelines: Arc<Timelines>,
+    interval: Duration,
+    pitr_window: Duration,
+    mut cancel: watch::Receiver<bool>,
+) {
+    let mut ticker = tokio::time::interval(interval.max(Duration::from_millis(1)));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The first tick is immediate: collect one interval after start, not at start.
+    ticker.tick().await;
+    loop {
+        tokio::select! {
+            _ = cancel.wait_for(|cancelled| *cancelled) => return,
+            _ = ticker.tick() => {}
+        }
+        if let Err(err) = timelines.gc(pitr_window).await {
+            tracing::warn!("garbage collection failed (will retry): {err}");
+        }
+    }
+}
+
+/// A branch with an index in the object store that this pageserver does not serve.
+struct UnservedBranch {
+    id: TimelineId,
+    parent: Arc<Timeline>,
+    lsn: Lsn,
+}
+
+/// The timelines of `tenant` that have an index file, ascending.
+async fn indexed_timelines(remote: &RemoteStorage, tenant: TenantId) -> Result<Vec<TimelineId>> {
+    let prefix = format!("tenants/{tenant}/timelines/");
+    let mut ids: Vec<TimelineId> = remote
+        .list(&prefix)
+        .await?
+        .iter()
+        .filter_map(|object| {
+            let rest = object.key.strip_prefix(prefix.as_str())?;
+            let (id, file) = rest.split_once('/')?;
+            remote_layout::parse_index_file_name(file)?;
+            id.parse().ok()
+        })
+        .collect();
+    ids.sort();
+    ids.dedup();
+    Ok(ids)
 }
 
 /// Cancels a timeline's tasks and waits for them.
@@ -700,3 +860,7 @@ mod tests {
         std::fs::remove_dir_all(&root).unwrap();
     }
 }
+
+#[cfg(test)]
+#[path = "timelines_gc_tests.rs"]
+mod gc_tests;

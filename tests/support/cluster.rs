@@ -26,6 +26,8 @@ pub struct Options {
     pub object_store: Option<String>,
     /// Environment variables for every component (`AWS_*` settings for an S3 store).
     pub env: Vec<(String, String)>,
+    /// More arguments for the pageserver.
+    pub pageserver_args: Vec<String>,
 }
 
 impl Default for Options {
@@ -35,6 +37,7 @@ impl Default for Options {
             checkpoint_interval_ms: 200,
             object_store: None,
             env: Vec::new(),
+            pageserver_args: Vec::new(),
         }
     }
 }
@@ -131,7 +134,7 @@ impl Cluster {
             );
         }
         let ps_addr = free_addr();
-        let ps_args = vec![
+        let mut ps_args: Vec<String> = vec![
             "pageserver".into(),
             "--listen".into(),
             ps_addr.to_string(),
@@ -148,6 +151,7 @@ impl Cluster {
             "--checkpoint-interval-ms".into(),
             options.checkpoint_interval_ms.to_string(),
         ];
+        ps_args.extend(options.pageserver_args.iter().cloned());
         components.insert(
             "pageserver".into(),
             Component {
