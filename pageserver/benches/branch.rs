@@ -12,20 +12,14 @@
 //!
 //! Run: `cargo bench -p pageserver --bench branch`.
 
-use std::sync::Arc;
+mod support;
+
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use ids::{Lsn, TenantId, TimelineId};
-use pageserver::block_cache::{BlockCache, BlockCacheConfig, BLOCK_CACHE_DISK_BYTES_MIN};
-use pageserver::timelines::{TaskConfig, Timelines};
+use ids::TimelineId;
 use pageserver_api::BranchPoint;
-use remote_storage::RemoteStorage;
-use rowcodec::{ColumnDef, ColumnType, TableDef, Value, CATALOG_TABLE_ID};
-use wal::{Op, Transaction};
+use support::{dir_bytes, fill, registry, row_key, ROOT, TENANT};
 
-const TENANT: TenantId = TenantId([0x42; 16]);
-const ROWS_PER_COMMIT: usize = 1_000;
 const RUNS_DEFAULT: usize = 20;
 
 fn main() -> anyhow::Result<()> {
@@ -78,85 +72,20 @@ async fn measure(n_rows: usize, runs: usize) -> anyhow::Result<(u64, Vec<Duratio
     ));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
-    let cache = BlockCache::open(BlockCacheConfig {
-        memory_bytes: 64 << 20,
-        disk_dir: dir.join("cache"),
-        disk_bytes: BLOCK_CACHE_DISK_BYTES_MIN,
-    })
-    .await?;
-    let remote = RemoteStorage::local(&dir.join("store"))?;
-    let (failures, _failures_rx) = tokio::sync::mpsc::unbounded_channel();
-    let timelines = Timelines::new(
-        remote,
-        Arc::new(cache),
-        TaskConfig {
-            safekeepers: Vec::new(),
-            checkpoint_interval: Duration::from_secs(3600),
-            wait_lsn_timeout: Duration::from_secs(10),
-        },
-        failures,
-    );
-    let root_id = TimelineId::from_u128(1);
-    let root = timelines.create(TENANT, root_id, None).await?;
-    let def = TableDef {
-        id: 16,
-        name: "bench".into(),
-        columns: vec![
-            ColumnDef {
-                name: "id".into(),
-                column_type: ColumnType::BigInt,
-                not_null: true,
-            },
-            ColumnDef {
-                name: "payload".into(),
-                column_type: ColumnType::Text,
-                not_null: false,
-            },
-        ],
-        primary_key: vec![0],
-    };
-    let mut lsn = Lsn(0);
-    let mut ops = vec![Op::Put {
-        table: CATALOG_TABLE_ID,
-        key: Bytes::from_static(b"bench"),
-        value: def.encode(),
-    }];
-    let payload = "x".repeat(100);
-    let mut last_key = Bytes::new();
-    for id in 0..n_rows as i64 {
-        let mut value = Vec::new();
-        rowcodec::encode_values(&[Value::Int64(id), Value::Text(&payload)], &mut value)?;
-        last_key = Bytes::copy_from_slice(&((id as u64) ^ (1 << 63)).to_be_bytes());
-        ops.push(Op::Put {
-            table: 16,
-            key: last_key.clone(),
-            value: Bytes::from(value),
-        });
-        if ops.len() >= ROWS_PER_COMMIT || id as usize == n_rows - 1 {
-            lsn = lsn.add(1 + ops.len() as u64 * 120);
-            let txn = Transaction {
-                xid: lsn.0,
-                commit_time_us: 0,
-                ops: std::mem::take(&mut ops),
-            };
-            root.ingest(lsn, txn)?;
-        }
-        if id as usize % (n_rows / 12).max(1) == 0 {
-            root.checkpoint().await?;
-        }
-    }
-    root.checkpoint().await?;
-    root.compact().await?;
+    let timelines = registry(&dir, "cache", 64 << 20).await?;
+    let root = timelines.create(TENANT, ROOT, None).await?;
+    let lsn = fill(&root, n_rows).await?;
+    let last_key = row_key(n_rows as i64 - 1);
     let bytes = dir_bytes(&dir.join("store"));
     let mut times = Vec::with_capacity(runs);
     for run in 0..runs {
         let id = TimelineId::from_u128(1000 + run as u128);
         let started = Instant::now();
         let branch = timelines
-            .create(TENANT, id, Some((root_id, BranchPoint::Latest)))
+            .create(TENANT, id, Some((ROOT, BranchPoint::Latest)))
             .await?;
         times.push(started.elapsed());
-        let row = branch.get(16, &last_key, lsn).await?;
+        let row = branch.get(support::TABLE, &last_key, lsn).await?;
         anyhow::ensure!(
             row.is_some(),
             "the branch does not read the root's last row"
@@ -165,21 +94,4 @@ async fn measure(n_rows: usize, runs: usize) -> anyhow::Result<(u64, Vec<Duratio
     timelines.shutdown().await?;
     std::fs::remove_dir_all(&dir)?;
     Ok((bytes, times))
-}
-
-fn dir_bytes(dir: &std::path::Path) -> u64 {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return 0;
-    };
-    entries
-        .flatten()
-        .map(|entry| {
-            let path = entry.path();
-            if path.is_dir() {
-                dir_bytes(&path)
-            } else {
-                entry.metadata().map(|m| m.len()).unwrap_or(0)
-            }
-        })
-        .sum()
 }
