@@ -22,7 +22,7 @@ use bytes::Bytes;
 use ids::Lsn;
 use pageserver::timelines::Timelines;
 use pageserver_api::{Request, Response};
-use support::{dir_bytes, fill, registry, row_key, ROOT, TABLE, TENANT};
+use support::{row_key, Served, ROOT, TABLE};
 use tokio::net::TcpStream;
 
 fn env_or(name: &str, default: usize) -> anyhow::Result<usize> {
@@ -88,35 +88,11 @@ fn us(d: Duration) -> f64 {
 }
 
 async fn run(n_rows: usize, n_lookups: usize) -> anyhow::Result<()> {
-    let dir = std::env::temp_dir().join(format!("omendb-lookup-bench-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir)?;
-    let lsn = {
-        let writer = registry(&dir, "cache-fill", 64 << 20).await?;
-        let root = writer.create(TENANT, ROOT, None).await?;
-        let lsn = fill(&root, n_rows).await?;
-        writer.shutdown().await?;
-        lsn
-    };
-    println!(
-        "rows {n_rows}, object store {:.1} MiB",
-        dir_bytes(&dir.join("store")) as f64 / (1 << 20) as f64
-    );
-
-    // A second pageserver on an empty cache, large enough to hold every block touched.
-    let timelines = std::sync::Arc::new(registry(&dir, "cache-serve", 1 << 30).await?);
-    timelines.load_tenant(TENANT).await?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let (cancel_sender, cancel) = tokio::sync::watch::channel(false);
-    let server = tokio::spawn(pageserver::server::serve(
-        listener,
-        timelines.clone(),
-        Duration::from_secs(10),
-        cancel,
-    ));
-    let mut stream = TcpStream::connect(addr).await?;
-    stream.set_nodelay(true)?;
+    // The serving registry's cache holds every block touched.
+    let mut served = Served::start("lookup", n_rows, 1 << 30).await?;
+    println!("rows {n_rows}, object store {:.1} MiB", served.store_mib());
+    let (lsn, timelines) = (served.lsn, served.timelines.clone());
+    let stream = &mut served.stream;
 
     // Keys in distinct blocks: rows are ~130 bytes, blocks 64 KiB, so keys 2,000 rows apart
     // never share one. Visited in a scrambled order.
@@ -130,19 +106,14 @@ async fn run(n_rows: usize, n_lookups: usize) -> anyhow::Result<()> {
         ids.swap(i, (state % (i as u64 + 1)) as usize);
     }
 
-    let first = lookup(&mut stream, &timelines, 0, lsn).await?;
-    let cold = phase(&mut stream, &timelines, &ids, lsn).await?;
-    let warm = phase(&mut stream, &timelines, &ids, lsn).await?;
+    let first = lookup(stream, &timelines, 0, lsn).await?;
+    let cold = phase(stream, &timelines, &ids, lsn).await?;
+    let warm = phase(stream, &timelines, &ids, lsn).await?;
     first.print("first (open)");
     cold.print("cold");
     warm.print("warm");
 
-    cancel_sender.send_replace(true);
-    drop(stream);
-    server.await?;
-    timelines.shutdown().await?;
-    std::fs::remove_dir_all(&dir)?;
-    Ok(())
+    served.stop().await
 }
 
 async fn phase(

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use ids::Lsn;
 use pageserver_api::{Request, Response};
-use support::{dir_bytes, fill, registry, ROOT, TABLE, TENANT};
+use support::{Served, ROOT, TABLE};
 use tokio::net::TcpStream;
 
 fn env_or(name: &str, default: usize) -> anyhow::Result<usize> {
@@ -57,34 +57,14 @@ impl Variant {
 }
 
 async fn run(n_rows: usize, runs: usize) -> anyhow::Result<()> {
-    let dir = std::env::temp_dir().join(format!("omendb-scan-bench-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir)?;
-    let lsn = {
-        let writer = registry(&dir, "cache-fill", 64 << 20).await?;
-        let root = writer.create(TENANT, ROOT, None).await?;
-        let lsn = fill(&root, n_rows).await?;
-        writer.shutdown().await?;
-        lsn
-    };
-    let timelines = std::sync::Arc::new(registry(&dir, "cache-serve", 2 << 30).await?);
-    timelines.load_tenant(TENANT).await?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let (cancel_sender, cancel) = tokio::sync::watch::channel(false);
-    let server = tokio::spawn(pageserver::server::serve(
-        listener,
-        timelines.clone(),
-        Duration::from_secs(10),
-        cancel,
-    ));
-    let mut stream = TcpStream::connect(addr).await?;
-    stream.set_nodelay(true)?;
-
+    // The serving registry's cache holds the whole table after one scan.
+    let mut served = Served::start("scan", n_rows, 2 << 30).await?;
     println!(
         "rows {n_rows}, object store {:.1} MiB, {runs} runs per variant after one warm-up run",
-        dir_bytes(&dir.join("store")) as f64 / (1 << 20) as f64
+        served.store_mib()
     );
+    let lsn = served.lsn;
+    let stream = &mut served.stream;
     let variants = [
         Variant::Rows,
         Variant::Columns(&[0]),
@@ -92,12 +72,12 @@ async fn run(n_rows: usize, runs: usize) -> anyhow::Result<()> {
     ];
     let mut medians = Vec::new();
     for variant in variants {
-        scan(&mut stream, variant, lsn, n_rows).await?;
+        scan(stream, variant, lsn, n_rows).await?;
         let mut times = Vec::with_capacity(runs);
         let mut bytes = 0;
         for _ in 0..runs {
             let started = Instant::now();
-            bytes = scan(&mut stream, variant, lsn, n_rows).await?;
+            bytes = scan(stream, variant, lsn, n_rows).await?;
             times.push(started.elapsed());
         }
         times.sort();
@@ -122,12 +102,7 @@ async fn run(n_rows: usize, runs: usize) -> anyhow::Result<()> {
         );
     }
 
-    cancel_sender.send_replace(true);
-    drop(stream);
-    server.await?;
-    timelines.shutdown().await?;
-    std::fs::remove_dir_all(&dir)?;
-    Ok(())
+    served.stop().await
 }
 
 fn ms(d: Duration) -> f64 {

@@ -687,6 +687,12 @@ mod tests {
     const TENANT: TenantId = TenantId([7; 16]);
 
     async fn registry(root: &std::path::Path) -> Timelines {
+        registry_on(RemoteStorage::local(root).unwrap()).await
+    }
+
+    /// A registry over `remote` with an empty cache and no safekeepers, whose checkpointer
+    /// runs once at the start and then not for an hour.
+    pub(super) async fn registry_on(remote: RemoteStorage) -> Timelines {
         let cache = BlockCache::open(BlockCacheConfig {
             memory_bytes: 1 << 20,
             disk_dir: temp_dir("timelines-cache"),
@@ -700,12 +706,7 @@ mod tests {
             wait_lsn_timeout: Duration::from_secs(1),
         };
         let (failures, _) = mpsc::unbounded_channel();
-        Timelines::new(
-            RemoteStorage::local(root).unwrap(),
-            Arc::new(cache),
-            tasks,
-            failures,
-        )
+        Timelines::new(remote, Arc::new(cache), tasks, failures)
     }
 
     fn put(value: &str) -> Transaction {

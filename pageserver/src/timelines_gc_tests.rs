@@ -22,15 +22,14 @@ use ids::{Lsn, TenantId, TimelineId};
 use pageserver_api::BranchPoint;
 use remote_storage::faults::{FaultRates, FaultyStore};
 use remote_storage::RemoteStorage;
-use tokio::sync::mpsc;
 use wal::{Op, Transaction};
 
-use super::{TaskConfig, Timelines};
-use crate::block_cache::{BlockCache, BlockCacheConfig};
+use super::tests::registry_on as registry;
+use super::Timelines;
 use crate::error::PageserverError;
 use crate::manifest::Manifest;
 use crate::remote_layout;
-use crate::test_util::{random_history, temp_dir, Rng};
+use crate::test_util::{random_history, Rng};
 use crate::timeline::gc::GcOutcome;
 use crate::timeline::tests::check_reads;
 use crate::timeline::Timeline;
@@ -45,23 +44,6 @@ const FAULTS: FaultRates = FaultRates {
     lost_response_percent: 8,
     slow_ms: 120,
 };
-
-async fn registry(remote: RemoteStorage) -> Timelines {
-    let cache = BlockCache::open(BlockCacheConfig {
-        memory_bytes: 1 << 20,
-        disk_dir: temp_dir("gc-faults-cache"),
-        disk_bytes: crate::block_cache::BLOCK_CACHE_DISK_BYTES_MIN,
-    })
-    .await
-    .unwrap();
-    let tasks = TaskConfig {
-        safekeepers: Vec::new(),
-        checkpoint_interval: Duration::from_secs(3600),
-        wait_lsn_timeout: Duration::from_secs(1),
-    };
-    let (failures, _) = mpsc::unbounded_channel();
-    Timelines::new(remote, Arc::new(cache), tasks, failures)
-}
 
 /// What the WAL of each timeline holds, and each timeline's effective history.
 #[derive(Default)]

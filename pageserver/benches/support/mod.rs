@@ -3,6 +3,9 @@
 //! per commit), uploaded as about 12 delta layers and compacted to image layers (row pages
 //! and Parquet column pages).
 
+// Each benchmark uses a part of this module.
+#![allow(dead_code)]
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -126,4 +129,73 @@ pub fn dir_bytes(dir: &std::path::Path) -> u64 {
             }
         })
         .sum()
+}
+
+/// A filled root timeline served over TCP by a second registry on an empty block cache:
+/// what the read benchmarks measure against.
+pub struct Served {
+    pub dir: std::path::PathBuf,
+    /// The LSN of the last commit.
+    pub lsn: Lsn,
+    pub timelines: Arc<Timelines>,
+    /// One client connection to the read server (`TCP_NODELAY`).
+    pub stream: tokio::net::TcpStream,
+    cancel: tokio::sync::watch::Sender<bool>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Served {
+    /// Fills a root timeline with `n_rows` in a new folder named after `bench`, then serves it
+    /// from a registry whose cache has `cache_memory_bytes` of memory.
+    pub async fn start(
+        bench: &str,
+        n_rows: usize,
+        cache_memory_bytes: u64,
+    ) -> anyhow::Result<Served> {
+        let dir = std::env::temp_dir().join(format!("omendb-{bench}-bench-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        let lsn = {
+            let writer = registry(&dir, "cache-fill", 64 << 20).await?;
+            let root = writer.create(TENANT, ROOT, None).await?;
+            let lsn = fill(&root, n_rows).await?;
+            writer.shutdown().await?;
+            lsn
+        };
+        let timelines = Arc::new(registry(&dir, "cache-serve", cache_memory_bytes).await?);
+        timelines.load_tenant(TENANT).await?;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let (cancel, cancelled) = tokio::sync::watch::channel(false);
+        let server = tokio::spawn(pageserver::server::serve(
+            listener,
+            timelines.clone(),
+            Duration::from_secs(10),
+            cancelled,
+        ));
+        let stream = tokio::net::TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        Ok(Served {
+            dir,
+            lsn,
+            timelines,
+            stream,
+            cancel,
+            server,
+        })
+    }
+
+    /// The object-store bytes, in MiB.
+    pub fn store_mib(&self) -> f64 {
+        dir_bytes(&self.dir.join("store")) as f64 / (1 << 20) as f64
+    }
+
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.cancel.send_replace(true);
+        drop(self.stream);
+        self.server.await?;
+        self.timelines.shutdown().await?;
+        std::fs::remove_dir_all(&self.dir)?;
+        Ok(())
+    }
 }
