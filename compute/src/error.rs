@@ -23,6 +23,9 @@ pub mod sqlstate {
     pub const NOT_NULL_VIOLATION: &str = "23502";
     pub const DIVISION_BY_ZERO: &str = "22012";
     pub const INVALID_TEXT_REPRESENTATION: &str = "22P02";
+    pub const BAD_COPY_FILE_FORMAT: &str = "22P04";
+    pub const INVALID_COLUMN_REFERENCE: &str = "42P10";
+    pub const QUERY_CANCELED: &str = "57014";
     pub const NUMERIC_VALUE_OUT_OF_RANGE: &str = "22003";
     pub const STRING_DATA_RIGHT_TRUNCATION: &str = "22001";
     pub const DATETIME_FIELD_OVERFLOW: &str = "22008";
@@ -51,6 +54,8 @@ pub struct SqlError {
     pub message: String,
     pub detail: Option<String>,
     pub hint: Option<String>,
+    /// Where the error happened (PostgreSQL's CONTEXT, e.g. the line of COPY data).
+    pub context: Option<String>,
 }
 
 impl SqlError {
@@ -60,7 +65,16 @@ impl SqlError {
             message: message.into(),
             detail: None,
             hint: None,
+            context: None,
         }
+    }
+    pub fn with_context(mut self, context: impl Into<String>) -> SqlError {
+        self.context = Some(context.into());
+        self
+    }
+    pub fn with_hint(mut self, hint: impl Into<String>) -> SqlError {
+        self.hint = Some(hint.into());
+        self
     }
     pub fn with_detail(mut self, detail: impl Into<String>) -> SqlError {
         self.detail = Some(detail.into());

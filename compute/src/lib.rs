@@ -11,6 +11,7 @@
 //! pageserver at the transaction's snapshot LSN, and every write goes through the WAL.
 
 pub mod catalog;
+pub mod copy;
 pub mod engine;
 pub mod error;
 pub mod pageserver_client;

@@ -32,6 +32,10 @@ use crate::error::{from_datafusion, sqlstate, SqlError};
 use crate::provider::{OmenTable, ReadPath, READ_PATH_SETTING};
 use crate::rowcodec::{self, ColumnType};
 
+#[path = "session_copy.rs"]
+mod copy_in;
+pub use copy_in::{CopyEnd, CopyIn, COPY_BATCH_ROWS};
+
 /// What a statement produced.
 pub enum Outcome {
     /// Rows, with the column names PostgreSQL would give them.
@@ -43,6 +47,9 @@ pub enum Outcome {
     },
     /// A command tag such as `INSERT 0 3`.
     Command(String),
+    /// `COPY … FROM STDIN` is waiting for its data: the connection feeds it to
+    /// [`Session::copy_data`] and ends it with [`Session::copy_end`].
+    CopyIn(Box<CopyIn>),
 }
 
 /// What Describe reports for a statement before it runs.
@@ -94,7 +101,7 @@ pub struct Session {
     pub database: String,
 }
 
-fn ident_name(ident: &Ident) -> String {
+pub(crate) fn ident_name(ident: &Ident) -> String {
     if ident.quote_style.is_some() {
         ident.value.clone()
     } else {
@@ -348,6 +355,32 @@ fn value_error(column: &ColumnDef, error: impl std::fmt::Display) -> SqlError {
     }
 }
 
+/// The error of a row whose primary key another row already has.
+fn unique_violation(table: &TableDef, values: &[ScalarValue]) -> SqlError {
+    let columns: Vec<&str> = table
+        .primary_key
+        .iter()
+        .map(|&i| table.columns[i].name.as_str())
+        .collect();
+    let shown: Vec<String> = table
+        .primary_key
+        .iter()
+        .map(|&i| values[i].to_string())
+        .collect();
+    SqlError::new(
+        sqlstate::UNIQUE_VIOLATION,
+        format!(
+            "duplicate key value violates unique constraint \"{}_pkey\"",
+            table.name
+        ),
+    )
+    .with_detail(format!(
+        "Key ({})=({}) already exists.",
+        columns.join(", "),
+        shown.join(", ")
+    ))
+}
+
 impl Session {
     pub fn new(engine: Arc<Engine>, user: String, database: String) -> Session {
         let mut settings: HashMap<String, String> = default_settings()
@@ -470,6 +503,20 @@ impl Session {
             ));
         }
         let result = self.execute_in_transaction(stmt, params).await;
+        if let Ok(Outcome::CopyIn(_)) = result {
+            // The statement ends when its data has been read (`copy_end`).
+            return result;
+        }
+        self.end_statement(result).await
+    }
+
+    /// What follows a statement's execution: in an explicit transaction an error fails
+    /// it; in an implicit block an error drops the block (which commits at its end);
+    /// otherwise the statement's own transaction commits.
+    async fn end_statement(
+        &mut self,
+        result: Result<Outcome, SqlError>,
+    ) -> Result<Outcome, SqlError> {
         if self.explicit {
             if result.is_err() {
                 self.failed = true;
@@ -477,7 +524,6 @@ impl Session {
             return result;
         }
         if self.implicit_block {
-            // The block commits at its end; an error rolls back all of it.
             if result.is_err() {
                 self.txn = None;
             }
@@ -528,6 +574,7 @@ impl Session {
                 names,
                 ..
             } => self.drop_tables(names, *if_exists),
+            Statement::Copy { .. } => self.copy_from_stdin(stmt),
             Statement::Set(set) => self.set(set),
             Statement::ShowVariable { variable } => self.show(variable),
             Statement::Rollback {
@@ -843,45 +890,91 @@ impl Session {
                     .is_some()
             }
         };
-        if exists {
-            let columns: Vec<&str> = table
-                .primary_key
-                .iter()
-                .map(|&i| table.columns[i].name.as_str())
-                .collect();
-            let shown: Vec<String> = table
-                .primary_key
-                .iter()
-                .map(|&i| values[i].to_string())
-                .collect();
-            return Err(SqlError::new(
-                sqlstate::UNIQUE_VIOLATION,
-                format!(
-                    "duplicate key value violates unique constraint \"{}_pkey\"",
-                    table.name
-                ),
-            )
-            .with_detail(format!(
-                "Key ({})=({}) already exists.",
-                columns.join(", "),
-                shown.join(", ")
-            )));
+        match exists {
+            true => Err(unique_violation(table, values)),
+            false => Ok(()),
         }
-        Ok(())
     }
 
+    /// Checks new rows of `table` (values in table order, already of the columns' types)
+    /// and stores them in the transaction: NOT NULL, lengths, and primary-key uniqueness
+    /// against the transaction's own writes and its snapshot. The keys the snapshot must
+    /// answer for are looked up in one pipelined exchange with the pageserver. Returns the
+    /// bytes of keys and rows stored; on a bad row, its index and the error (the rows
+    /// before it are stored, as the statement fails anyway).
+    async fn store_rows(
+        &mut self,
+        table: &TableDef,
+        rows: &[Vec<ScalarValue>],
+    ) -> Result<usize, (usize, SqlError)> {
+        let mut keys = Vec::with_capacity(rows.len());
+        let mut bad_row = None;
+        for (i, values) in rows.iter().enumerate() {
+            match self.check_row(table, values) {
+                Ok(key) => keys.push(key),
+                Err(e) => {
+                    bad_row = Some((i, e));
+                    break;
+                }
+            }
+        }
+        let txn = self.txn();
+        let snapshot = txn.snapshot;
+        let lookups: Vec<Bytes> = keys
+            .iter()
+            .flatten()
+            .filter(|key| !txn.writes.contains_key(&(table.id, (*key).clone())))
+            .cloned()
+            .collect();
+        let found = self
+            .engine
+            .pageserver
+            .get_rows(table.id, &lookups, snapshot)
+            .await
+            .map_err(|e| (0, pageserver_error(e)))?;
+        let existing: std::collections::HashSet<&Bytes> = lookups
+            .iter()
+            .zip(&found)
+            .filter(|(_, value)| value.is_some())
+            .map(|(key, _)| key)
+            .collect();
+        let mut bytes = 0;
+        for (i, key) in keys.into_iter().enumerate() {
+            let key = match key {
+                Some(key) => {
+                    let exists = match self.txn().writes.get(&(table.id, key.clone())) {
+                        Some(value) => value.is_some(),
+                        None => existing.contains(&key),
+                    };
+                    if exists {
+                        return Err((i, unique_violation(table, &rows[i])));
+                    }
+                    key
+                }
+                None => self.row_id_key(),
+            };
+            bytes += self.put_row(table, key, &rows[i]).map_err(|e| (i, e))?;
+        }
+        match bad_row {
+            Some(bad) => Err(bad),
+            None => Ok(bytes),
+        }
+    }
+
+    /// Buffers a row in the transaction; returns the bytes of its key and row.
     fn put_row(
         &mut self,
         table: &TableDef,
         key: Bytes,
         values: &[ScalarValue],
-    ) -> Result<(), SqlError> {
+    ) -> Result<usize, SqlError> {
         let mut row = Vec::new();
         rowcodec::encode_row(values, &mut row).map_err(SqlError::internal)?;
+        let bytes = key.len() + row.len();
         self.txn()
             .writes
             .insert((table.id, key), Some(Bytes::from(row)));
-        Ok(())
+        Ok(bytes)
     }
 
     fn row_id_key(&self) -> Bytes {
@@ -943,18 +1036,11 @@ impl Session {
                 ));
             }
             let columns = Self::cast_columns(&table, batch.columns())?;
-            for row in 0..batch.num_rows() {
-                let values = row_values(&columns, row)?;
-                let key = match self.check_row(&table, &values)? {
-                    Some(key) => {
-                        self.check_unique(&table, &key, &values).await?;
-                        key
-                    }
-                    None => self.row_id_key(),
-                };
-                self.put_row(&table, key, &values)?;
-                n_rows += 1;
-            }
+            let rows = (0..batch.num_rows())
+                .map(|row| row_values(&columns, row))
+                .collect::<Result<Vec<_>, _>>()?;
+            self.store_rows(&table, &rows).await.map_err(|(_, e)| e)?;
+            n_rows += rows.len();
         }
         Ok(Outcome::Command(format!("INSERT 0 {n_rows}")))
     }

@@ -14,6 +14,7 @@ DROP TABLE IF EXISTS products;
 DROP TABLE IF EXISTS events;
 DROP TABLE IF EXISTS enrollments;
 DROP TABLE IF EXISTS archive;
+DROP TABLE IF EXISTS stock;
 
 -- Creating tables: column and table PRIMARY KEY constraints, NOT NULL.
 CREATE TABLE users (
@@ -201,6 +202,59 @@ SELECT count(*) FROM users;
 ROLLBACK;
 SELECT id FROM users WHERE id = 11;
 SELECT count(*) FROM users;
+
+-- Bulk loading with COPY FROM STDIN: text and CSV formats, column lists, NULLs, escapes.
+-- Errors are shown in full here (message, detail and the line of data in CONTEXT).
+\set VERBOSITY default
+CREATE TABLE stock (sku int PRIMARY KEY, label varchar(8), price numeric(8,2), since date, note text);
+COPY stock FROM STDIN;
+1	bolt	0.125	2024-01-02	plain
+2	\N	-3	\N	tab\there
+3	nut\\s	1e2	2024-02-29	\x41\101
+\.
+COPY stock (sku, label) FROM STDIN WITH (FORMAT csv, HEADER true);
+sku,label
+4,"a,b"
+5,""
+6,
+\.
+COPY stock FROM STDIN WITH CSV;
+7,"say ""hi""",2.5,2024-03-01,"two
+lines"
+\.
+SELECT sku, label, price, since, note, label IS NULL AS no_label FROM stock ORDER BY sku;
+COPY stock FROM STDIN;
+8	too long a label	1	2024-01-01	x
+\.
+COPY stock FROM STDIN;
+9	ok	1	2024-01-01	x
+1	dup	1	2024-01-01	x
+\.
+COPY stock FROM STDIN;
+10	ok	abc	2024-01-01	x
+\.
+COPY stock FROM STDIN;
+11	ok	1
+\.
+COPY stock FROM STDIN;
+12	ok	1	2024-01-01	x	extra
+\.
+COPY stock FROM STDIN;
+13	ok	1234567.891	2024-01-01	x
+\.
+COPY stock (sku, nope) FROM STDIN;
+COPY stock FROM STDIN WITH (FORMAT text, QUOTE '"');
+SELECT count(*) FROM stock;
+BEGIN;
+COPY stock (sku) FROM STDIN;
+20
+21
+\.
+SELECT count(*) FROM stock;
+ROLLBACK;
+SELECT count(*) FROM stock;
+DROP TABLE stock;
+\set VERBOSITY sqlstate
 
 -- Cleaning up.
 DROP TABLE archive;

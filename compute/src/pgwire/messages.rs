@@ -495,6 +495,8 @@ pub struct ErrorFields {
     pub hint: Option<String>,
     /// 1-based character position in the query string.
     pub position: Option<u32>,
+    /// Where the error happened (CONTEXT).
+    pub context: Option<String>,
 }
 
 impl ErrorFields {
@@ -507,6 +509,7 @@ impl ErrorFields {
             detail: None,
             hint: None,
             position: None,
+            context: None,
         }
     }
 }
@@ -719,6 +722,9 @@ impl BackendBuffer {
         if let Some(p) = e.position {
             field(b'P', &p.to_string());
         }
+        if let Some(w) = &e.context {
+            field(b'W', w);
+        }
         self.buf.put_u8(0);
         self.end(start);
     }
@@ -739,23 +745,24 @@ impl BackendBuffer {
         self.end(start);
     }
 
-    /// CopyInResponse for text-format COPY FROM STDIN.
-    pub fn copy_in_response(&mut self, n_columns: i16) {
-        self.copy_response(b'G', n_columns);
+    /// CopyInResponse for COPY FROM STDIN: `format` 0 (text or CSV) or 1 (binary), for
+    /// the whole data and each of its columns.
+    pub fn copy_in_response(&mut self, format: i16, n_columns: i16) {
+        self.copy_response(b'G', format, n_columns);
     }
 
     /// CopyOutResponse for text-format COPY TO STDOUT.
     pub fn copy_out_response(&mut self, n_columns: i16) {
-        self.copy_response(b'H', n_columns);
+        self.copy_response(b'H', 0, n_columns);
     }
 
-    fn copy_response(&mut self, tag: u8, n_columns: i16) {
+    fn copy_response(&mut self, tag: u8, format: i16, n_columns: i16) {
         let start = self.begin(tag);
-        self.buf.put_u8(0); // overall format: text
+        self.buf.put_u8(format as u8);
         let n = n_columns.max(0);
         self.buf.put_i16(n);
         for _ in 0..n {
-            self.buf.put_i16(0); // each column: text
+            self.buf.put_i16(format);
         }
         self.end(start);
     }
@@ -1257,7 +1264,8 @@ mod tests {
         b.copy_done();
         b.copy_data(b"1\n");
         b.parameter_description(&[23, 25]);
-        b.copy_in_response(2);
+        b.copy_in_response(0, 2);
+        b.copy_in_response(1, 1);
         b.copy_out_response(0);
         b.refuse_encryption();
         b.negotiate_protocol_version(PROTOCOL_3_0, &["_pq_.a"]);
@@ -1265,7 +1273,7 @@ mod tests {
         b.row_description(&[field]);
         b.error_response(&error);
         b.notice_response(&notice);
-        let expected: [&[u8]; 24] = [
+        let expected: [&[u8]; 25] = [
             b"Z\0\0\0\x05I",
             b"R\0\0\0\x08\0\0\0\0",
             b"R\0\0\0\x08\0\0\0\x03",
@@ -1283,6 +1291,7 @@ mod tests {
             b"d\0\0\0\x061\n",
             b"t\0\0\0\x0e\0\x02\0\0\0\x17\0\0\0\x19",
             b"G\0\0\0\x0b\0\0\x02\0\0\0\0",
+            b"G\0\0\0\x09\x01\0\x01\0\x01",
             b"H\0\0\0\x07\0\0\0",
             b"N",
             b"v\0\0\0\x13\0\x03\0\0\0\0\0\x01_pq_.a\0",

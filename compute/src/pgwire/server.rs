@@ -16,6 +16,7 @@ use datafusion::scalar::ScalarValue;
 use datafusion::sql::sqlparser::ast::Statement;
 use futures::FutureExt;
 use tokio::io::{AsyncWriteExt, BufReader};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tracing::{debug, info};
 
@@ -26,7 +27,10 @@ use super::messages::{
 use crate::engine::Engine;
 use crate::error::{sqlstate, SqlError};
 use crate::pgtypes;
-use crate::session::{default_settings, parse_sql, Description, Outcome, Session};
+use crate::session::{default_settings, parse_sql, CopyEnd, CopyIn, Description, Outcome, Session};
+
+type Reader = BufReader<OwnedReadHalf>;
+type Writer = OwnedWriteHalf;
 
 /// Output is written to the socket whenever this much is buffered.
 pub const OUTPUT_FLUSH_BYTES: usize = 64 << 10;
@@ -67,6 +71,7 @@ fn error_fields(e: &SqlError) -> ErrorFields {
         detail: e.detail.clone(),
         hint: e.hint.clone(),
         position: None,
+        context: e.context.clone(),
     }
 }
 
@@ -75,6 +80,8 @@ struct Connection {
     session: Session,
     statements: HashMap<String, Prepared>,
     portals: HashMap<String, Portal>,
+    /// The client went away (or broke the protocol) during a COPY.
+    closed: bool,
 }
 
 /// Serves one client until it disconnects.
@@ -102,6 +109,7 @@ pub async fn serve_connection(stream: TcpStream, engine: Arc<Engine>) {
                     detail: None,
                     hint: None,
                     position: None,
+                    context: None,
                 });
                 let _ = writer.write_all(&out.take()).await;
                 return;
@@ -124,6 +132,7 @@ pub async fn serve_connection(stream: TcpStream, engine: Arc<Engine>) {
         ),
         statements: HashMap::new(),
         portals: HashMap::new(),
+        closed: false,
     };
     conn.out.authentication_ok();
     for (name, value) in default_settings() {
@@ -157,6 +166,7 @@ pub async fn serve_connection(stream: TcpStream, engine: Arc<Engine>) {
                     detail: None,
                     hint: None,
                     position: None,
+                    context: None,
                 });
                 let _ = writer.write_all(&conn.out.take()).await;
                 break;
@@ -167,7 +177,7 @@ pub async fn serve_connection(stream: TcpStream, engine: Arc<Engine>) {
             FrontendMessage::Terminate => break,
             FrontendMessage::Query(sql) => {
                 skip_until_sync = false;
-                conn.simple_query(&sql, &mut writer).await;
+                conn.simple_query(&sql, &mut reader, &mut writer).await;
                 flush = true;
             }
             FrontendMessage::Sync => {
@@ -181,17 +191,20 @@ pub async fn serve_connection(stream: TcpStream, engine: Arc<Engine>) {
             FrontendMessage::Flush => flush = true,
             _ if skip_until_sync => {}
             message => {
-                if let Err(e) = conn.extended(message, &mut writer).await {
+                if let Err(e) = conn.extended(message, &mut reader, &mut writer).await {
                     conn.session.fail_transaction();
                     conn.out.error_response(&error_fields(&e));
                     skip_until_sync = true;
                 }
             }
         }
-        if flush || conn.out.buf.len() >= OUTPUT_FLUSH_BYTES {
+        if flush || conn.out.buf.len() >= OUTPUT_FLUSH_BYTES || conn.closed {
             if writer.write_all(&conn.out.take()).await.is_err() {
                 break;
             }
+        }
+        if conn.closed {
+            break;
         }
     }
     info!(?peer, "connection ended");
@@ -202,7 +215,7 @@ impl Connection {
         self.session.transaction_status() != b'I'
     }
 
-    async fn flush_if_large(&mut self, writer: &mut tokio::net::tcp::OwnedWriteHalf) {
+    async fn flush_if_large(&mut self, writer: &mut Writer) {
         if self.out.buf.len() >= OUTPUT_FLUSH_BYTES {
             let _ = writer.write_all(&self.out.take()).await;
         }
@@ -217,6 +230,7 @@ impl Connection {
                 detail: notice.detail,
                 hint: notice.hint,
                 position: None,
+                context: notice.context,
             });
         }
     }
@@ -251,7 +265,7 @@ impl Connection {
         pending: &mut PendingRows,
         formats: &[i16],
         limit: usize,
-        writer: &mut tokio::net::tcp::OwnedWriteHalf,
+        writer: &mut Writer,
     ) -> Result<bool, SqlError> {
         let mut scratch = BytesMut::new();
         let mut n_sent = 0;
@@ -293,7 +307,7 @@ impl Connection {
         Ok(true)
     }
 
-    async fn simple_query(&mut self, sql: &str, writer: &mut tokio::net::tcp::OwnedWriteHalf) {
+    async fn simple_query(&mut self, sql: &str, reader: &mut Reader, writer: &mut Writer) {
         let statements = match parse_sql(sql) {
             Ok(statements) => statements,
             Err(e) => {
@@ -312,7 +326,10 @@ impl Connection {
         }
         let mut success = true;
         for statement in &statements {
-            let result = execute_guarded(&mut self.session, statement, &[]).await;
+            let mut result = execute_guarded(&mut self.session, statement, &[]).await;
+            if let Ok(Outcome::CopyIn(copy)) = result {
+                result = self.copy_in(copy, reader, writer).await;
+            }
             self.send_notices();
             match result {
                 Ok(Outcome::Command(tag)) => self.out.command_complete(&tag),
@@ -340,6 +357,12 @@ impl Connection {
                         }
                     }
                 }
+                Ok(Outcome::CopyIn(_)) => {
+                    let e = SqlError::internal("a COPY was left unfinished");
+                    self.out.error_response(&error_fields(&e));
+                    success = false;
+                    break;
+                }
                 Err(e) => {
                     self.out.error_response(&error_fields(&e));
                     success = false;
@@ -353,6 +376,67 @@ impl Connection {
             }
         }
         self.out.ready_for_query(self.session.transaction_status());
+    }
+
+    /// Copy-in mode: announces the COPY, feeds each CopyData payload to the session until
+    /// CopyDone or CopyFail, and ends the statement. Flush and Sync are ignored meanwhile,
+    /// as PostgreSQL does (clients may send them without noticing the statement was a
+    /// COPY); any other message fails the COPY. After a failure the client's remaining
+    /// CopyData, CopyDone and CopyFail messages are dropped by the main loop.
+    async fn copy_in(
+        &mut self,
+        mut copy: Box<CopyIn>,
+        reader: &mut Reader,
+        writer: &mut Writer,
+    ) -> Result<Outcome, SqlError> {
+        self.out
+            .copy_in_response(copy.format_code(), copy.n_fields() as i16);
+        if writer.write_all(&self.out.take()).await.is_err() {
+            self.closed = true;
+            return self.end_copy(copy, CopyEnd::Failed(client_gone())).await;
+        }
+        let end = loop {
+            match read_message(reader).await {
+                Ok(Some(FrontendMessage::CopyData(data))) => {
+                    let stored = AssertUnwindSafe(self.session.copy_data(&mut copy, &data))
+                        .catch_unwind()
+                        .await
+                        .unwrap_or_else(|panic| Err(panic_error(&mut self.session, panic)));
+                    if let Err(e) = stored {
+                        break CopyEnd::Failed(e);
+                    }
+                }
+                Ok(Some(FrontendMessage::CopyDone)) => break CopyEnd::Done,
+                Ok(Some(FrontendMessage::CopyFail(message))) => {
+                    break CopyEnd::Failed(SqlError::new(
+                        sqlstate::QUERY_CANCELED,
+                        format!("COPY from stdin failed: {message}"),
+                    ))
+                }
+                Ok(Some(FrontendMessage::Flush | FrontendMessage::Sync)) => {}
+                Ok(Some(other)) => {
+                    break CopyEnd::Failed(SqlError::new(
+                        sqlstate::PROTOCOL_VIOLATION,
+                        format!(
+                            "unexpected message during COPY from stdin: {}",
+                            message_name(&other)
+                        ),
+                    ))
+                }
+                Ok(None) | Err(_) => {
+                    self.closed = true;
+                    break CopyEnd::Failed(client_gone());
+                }
+            }
+        };
+        self.end_copy(copy, end).await
+    }
+
+    async fn end_copy(&mut self, copy: Box<CopyIn>, end: CopyEnd) -> Result<Outcome, SqlError> {
+        AssertUnwindSafe(self.session.copy_end(copy, end))
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|panic| Err(panic_error(&mut self.session, panic)))
     }
 
     async fn describe_statement(&mut self, name: &str) -> Result<Arc<Description>, SqlError> {
@@ -401,7 +485,8 @@ impl Connection {
     async fn extended(
         &mut self,
         message: FrontendMessage,
-        writer: &mut tokio::net::tcp::OwnedWriteHalf,
+        reader: &mut Reader,
+        writer: &mut Writer,
     ) -> Result<(), SqlError> {
         match message {
             FrontendMessage::Parse {
@@ -540,9 +625,16 @@ impl Connection {
                         };
                         let params = portal.params.clone();
                         let described = portal.description.as_ref().and_then(|d| d.columns.clone());
-                        let result = execute_guarded(&mut self.session, &statement, &params).await;
+                        let mut result =
+                            execute_guarded(&mut self.session, &statement, &params).await;
+                        if let Ok(Outcome::CopyIn(copy)) = result {
+                            result = self.copy_in(copy, reader, writer).await;
+                        }
                         self.send_notices();
                         match result? {
+                            Outcome::CopyIn(_) => {
+                                return Err(SqlError::internal("a COPY was left unfinished"))
+                            }
                             Outcome::Command(tag) => {
                                 self.out.command_complete(&tag);
                                 return Ok(());
@@ -653,6 +745,27 @@ fn same_row_shape(described: Option<&SchemaRef>, actual: &SchemaRef) -> bool {
             .iter()
             .zip(actual.fields())
             .all(|(a, b)| pgtypes::pg_type_for_field(a).oid == pgtypes::pg_type_for_field(b).oid)
+}
+
+fn client_gone() -> SqlError {
+    SqlError::new(
+        sqlstate::CONNECTION_FAILURE,
+        "unexpected EOF on client connection with an open transaction",
+    )
+}
+
+/// A frontend message's name, for errors (without its contents).
+fn message_name(message: &FrontendMessage) -> &'static str {
+    match message {
+        FrontendMessage::Query(_) => "Query",
+        FrontendMessage::Parse { .. } => "Parse",
+        FrontendMessage::Bind { .. } => "Bind",
+        FrontendMessage::Describe { .. } => "Describe",
+        FrontendMessage::Execute { .. } => "Execute",
+        FrontendMessage::Close { .. } => "Close",
+        FrontendMessage::Terminate => "Terminate",
+        _ => "another message",
+    }
 }
 
 fn format_for(formats: &[i16], i: usize) -> i16 {
