@@ -320,3 +320,52 @@ fn every_read_path_gives_postgresql_answers() {
         assert_eq!(err.code().map(|c| c.code()), Some("22023"), "{err:?}");
     });
 }
+
+#[test]
+fn vacuum_builds_row_and_column_pages_at_once() {
+    let cluster = Cluster::start("read-paths-vacuum");
+    runtime().block_on(async {
+        let omendb = connect(&cluster.url()).await;
+        exec(&omendb, SCHEMA).await;
+        exec(&omendb, &round_sql(0)).await;
+        let column_pages = |prefix: &str| {
+            files_under(&cluster.object_store_dir())
+                .iter()
+                .filter(|path| {
+                    let name = path.file_name().unwrap_or_default().to_string_lossy();
+                    name.starts_with(prefix) && name.ends_with(".parquet")
+                })
+                .count()
+        };
+        let sql = "SELECT count(*), sum(qty), min(d) FROM items WHERE qty > 1";
+        let before = rows(&omendb, sql).await.unwrap();
+        assert_eq!(column_pages(ITEMS_COLUMN_PAGES_PREFIX), 0);
+
+        // One table: its image (row and column pages) exists when VACUUM answers.
+        exec(&omendb, "VACUUM items").await;
+        assert_eq!(column_pages(ITEMS_COLUMN_PAGES_PREFIX), 1);
+        assert_eq!(rows(&omendb, sql).await.unwrap(), before);
+        // Nothing changed since: no new image.
+        exec(&omendb, "VACUUM FULL items").await;
+        assert_eq!(column_pages(ITEMS_COLUMN_PAGES_PREFIX), 1);
+        // Every table changed since its image, and only those.
+        exec(&omendb, &round_sql(1)).await;
+        exec(&omendb, "VACUUM").await;
+        assert_eq!(column_pages(ITEMS_COLUMN_PAGES_PREFIX), 2);
+        assert_eq!(column_pages("00000012-"), 1, "pairs got its first image");
+        assert_eq!(column_pages("00000011-"), 0, "cats never changed");
+        let after = rows(&omendb, sql).await.unwrap();
+        exec(&omendb, "SET omendb.read_path = 'rows'").await;
+        assert_eq!(rows(&omendb, sql).await.unwrap(), after);
+
+        for (sql, code) in [
+            ("BEGIN; VACUUM items", "25001"),
+            ("VACUUM no_such_table", "42P01"),
+            ("VACUUM items; SELECT 1", "25001"),
+        ] {
+            let err = omendb.batch_execute(sql).await.unwrap_err();
+            assert_eq!(err.code().map(|c| c.code()), Some(code), "{sql}: {err:?}");
+            omendb.batch_execute("ROLLBACK").await.unwrap();
+        }
+    });
+}

@@ -26,6 +26,7 @@ pub mod sqlstate {
     pub const BAD_COPY_FILE_FORMAT: &str = "22P04";
     pub const INVALID_COLUMN_REFERENCE: &str = "42P10";
     pub const QUERY_CANCELED: &str = "57014";
+    pub const ACTIVE_SQL_TRANSACTION: &str = "25001";
     pub const NUMERIC_VALUE_OUT_OF_RANGE: &str = "22003";
     pub const STRING_DATA_RIGHT_TRUNCATION: &str = "22001";
     pub const DATETIME_FIELD_OVERFLOW: &str = "22008";

@@ -163,6 +163,28 @@ impl PageserverClient {
         }
     }
 
+    /// Once the pageserver has the WAL up to `lsn`: uploads what it holds in memory and
+    /// writes image layers (row and column pages) for `table` (or every table) that changed
+    /// since its newest image. Returns the images' LSN and the tables imaged.
+    pub async fn compact(
+        &self,
+        table: Option<u32>,
+        lsn: Lsn,
+    ) -> Result<(Lsn, Vec<u32>), PageserverError> {
+        let request = Request::Compact {
+            timeline: self.timeline,
+            table,
+            lsn,
+        };
+        match self.start(&request).await? {
+            (stream, Response::Compacted { image_lsn, tables }) => {
+                self.give_back(stream);
+                Ok((image_lsn, tables))
+            }
+            (_, other) => Err(self.unavailable(format!("unexpected answer to Compact: {other:?}"))),
+        }
+    }
+
     /// The rows at `keys` of `table` as of `lsn`, in the order of `keys`. The requests are
     /// pipelined on one connection (written while the answers are read), so a batch costs
     /// about one round trip plus the pageserver's work instead of one round trip per key.

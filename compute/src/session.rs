@@ -494,6 +494,7 @@ impl Session {
                 self.txn = None;
                 return Ok(Outcome::Command("ROLLBACK".into()));
             }
+            Statement::Vacuum(vacuum) => return self.vacuum(vacuum).await,
             _ => {}
         }
         if self.failed {
@@ -591,6 +592,46 @@ impl Session {
                 Err(SqlError::unsupported(format!("the statement {verb}")))
             }
         }
+    }
+
+    /// `VACUUM [FULL] [table]`: has the pageserver write out everything committed so far
+    /// and rebuild the storage of the table (or of every table) changed since its last
+    /// image layer, so that reads start from fresh row and column pages instead of merging
+    /// changes. Like PostgreSQL's, it runs outside transaction blocks only.
+    async fn vacuum(&mut self, vacuum: &ast::VacuumStatement) -> Result<Outcome, SqlError> {
+        if self.explicit || self.implicit_block {
+            if self.explicit {
+                self.failed = true;
+            }
+            return Err(SqlError::new(
+                sqlstate::ACTIVE_SQL_TRANSACTION,
+                "VACUUM cannot run inside a transaction block",
+            ));
+        }
+        if vacuum.sort_only
+            || vacuum.delete_only
+            || vacuum.reindex
+            || vacuum.recluster
+            || vacuum.threshold.is_some()
+            || vacuum.boost
+        {
+            return Err(SqlError::unsupported(format!("{vacuum}")));
+        }
+        let table = match &vacuum.table_name {
+            Some(name) => {
+                let table = self.lookup(name).map(|t| t.id);
+                self.txn = None;
+                Some(table?)
+            }
+            None => None,
+        };
+        let lsn = self.engine.proposer.commit_lsn();
+        self.engine
+            .pageserver
+            .compact(table, lsn)
+            .await
+            .map_err(pageserver_error)?;
+        Ok(Outcome::Command("VACUUM".into()))
     }
 
     /// The DataFusion context for the next statement: built once per session (functions,

@@ -124,7 +124,8 @@ async fn handle_request(
         Request::GetRow { timeline, .. }
         | Request::Scan { timeline, .. }
         | Request::Status { timeline }
-        | Request::ColumnScan { timeline, .. } => *timeline,
+        | Request::ColumnScan { timeline, .. }
+        | Request::Compact { timeline, .. } => *timeline,
         Request::CreateTimeline {
             tenant,
             timeline,
@@ -157,6 +158,16 @@ async fn handle_request(
     };
     match request {
         Request::Status { .. } => send(writer, &Response::Timeline(timeline.info())).await,
+        Request::Compact { table, lsn, .. } => {
+            let response = match timeline.wait_lsn(lsn, wait_lsn_timeout).await {
+                Ok(()) => match timeline.compact_now(table).await {
+                    Ok((image_lsn, tables)) => Response::Compacted { image_lsn, tables },
+                    Err(err) => error_response(&err),
+                },
+                Err(err) => error_response(&err),
+            };
+            send(writer, &response).await
+        }
         Request::GetRow {
             table, key, lsn, ..
         } => {

@@ -674,6 +674,24 @@ impl Timeline {
     /// naming them. Returns the tables imaged. Older layers stay (garbage collection decides
     /// what no reader still needs).
     pub async fn compact(&self) -> Result<Vec<u32>> {
+        let min = self
+            .compaction_delta_layers_min
+            .load(std::sync::atomic::Ordering::Relaxed);
+        self.compact_where(min, None).await
+    }
+
+    /// Uploads everything in memory (a checkpoint), then writes image layers for `table`
+    /// (or every table) with at least one delta layer above its newest image: what a
+    /// compute's `VACUUM` asks for. Returns the LSN the images are at and the tables imaged.
+    pub async fn compact_now(&self, table: Option<u32>) -> Result<(Lsn, Vec<u32>)> {
+        self.checkpoint().await?;
+        let tables = self.compact_where(1, table).await?;
+        Ok((self.remote_consistent_lsn(), tables))
+    }
+
+    /// Image layers for the tables (all, or only `only`) with at least `min_deltas` delta
+    /// layers above their newest image.
+    async fn compact_where(&self, min_deltas: usize, only: Option<u32>) -> Result<Vec<u32>> {
         let mut uploads = self.uploads.lock().await;
         let mut manifest = uploads.manifest.clone();
         let lsn = manifest.remote_consistent_lsn();
@@ -698,12 +716,11 @@ impl Timeline {
             }
         }
         let dropped: BTreeSet<u32> = manifest.dropped_tables.iter().map(|d| d.table).collect();
-        let compaction_delta_layers_min = self
-            .compaction_delta_layers_min
-            .load(std::sync::atomic::Ordering::Relaxed);
         let tables: Vec<u32> = deltas_above
             .into_iter()
-            .filter(|(table, n)| *n >= compaction_delta_layers_min && !dropped.contains(table))
+            .filter(|(table, n)| {
+                *n >= min_deltas && !dropped.contains(table) && only.is_none_or(|t| t == *table)
+            })
             .map(|(table, _)| table)
             .collect();
         if tables.is_empty() {

@@ -5,7 +5,7 @@
 //! `Error`), `ColumnScan` likewise by `ColumnBatch` responses (Arrow IPC, see
 //! [`ColumnPredicate`]'s module); every other request by one [`Response`]: `GetRow` by `Row`; `Status`,
 //! `CreateTimeline` by `Timeline`; `ListTimelines` by `Timelines`; `DeleteTimeline` by
-//! `Deleted`. Every read names an LSN: the pageserver answers with
+//! `Deleted`; `Compact` by `Compacted`. Every read names an LSN: the pageserver answers with
 //! exactly the committed state at that LSN, first waiting until it has ingested the WAL up to
 //! it (or answering `Error { kind: WaitLsnTimeout }`).
 //!
@@ -71,6 +71,14 @@ pub enum Request {
     /// Stops serving a timeline and deletes its files from the object store. Refused while
     /// another timeline branches from it.
     DeleteTimeline { timeline: TimelineId },
+    /// Once the WAL up to `lsn` is ingested: uploads everything in memory as delta layers,
+    /// then writes image layers (row and column pages) for `table` (or every table) if it
+    /// has changes above its newest image. What a compute's `VACUUM` asks for.
+    Compact {
+        timeline: TimelineId,
+        table: Option<u32>,
+        lsn: Lsn,
+    },
 }
 
 /// Where on its ancestor a branch starts.
@@ -145,14 +153,28 @@ pub enum ErrorKind {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Response {
-    Row { value: Option<Bytes> },
-    RowBatch { rows: Vec<(Bytes, Bytes)> },
+    Row {
+        value: Option<Bytes>,
+    },
+    RowBatch {
+        rows: Vec<(Bytes, Bytes)>,
+    },
     ScanEnd,
     Timeline(TimelineInfo),
     Timelines(Vec<TimelineInfo>),
     Deleted,
-    Error { kind: ErrorKind, message: String },
-    ColumnBatch { ipc: Bytes },
+    Error {
+        kind: ErrorKind,
+        message: String,
+    },
+    ColumnBatch {
+        ipc: Bytes,
+    },
+    /// The tables that got image layers, and the LSN those are at.
+    Compacted {
+        image_lsn: Lsn,
+        tables: Vec<u32>,
+    },
 }
 
 mod tag {
@@ -162,6 +184,7 @@ mod tag {
     pub const CREATE_TIMELINE: u8 = 4;
     pub const LIST_TIMELINES: u8 = 5;
     pub const DELETE_TIMELINE: u8 = 6;
+    pub const COMPACT: u8 = 7;
     pub const COLUMN_SCAN: u8 = 20;
 
     pub const ROW: u8 = 101;
@@ -171,6 +194,7 @@ mod tag {
     pub const ERROR: u8 = 105;
     pub const TIMELINES: u8 = 106;
     pub const DELETED: u8 = 107;
+    pub const COMPACTED: u8 = 108;
     pub const COLUMN_BATCH: u8 = 120;
 }
 
@@ -241,6 +265,19 @@ impl Request {
                 e = Encoder::new(tag::DELETE_TIMELINE);
                 e.timeline(*timeline);
             }
+            Request::Compact {
+                timeline,
+                table,
+                lsn,
+            } => {
+                e = Encoder::new(tag::COMPACT);
+                e.timeline(*timeline);
+                match table {
+                    None => e.u8(0),
+                    Some(table) => e.u8(1).u32(*table),
+                };
+                e.lsn(*lsn);
+            }
         }
         e.finish()
     }
@@ -304,6 +341,15 @@ impl Request {
             tag::DELETE_TIMELINE => Request::DeleteTimeline {
                 timeline: d.timeline()?,
             },
+            tag::COMPACT => Request::Compact {
+                timeline: d.timeline()?,
+                table: match d.u8()? {
+                    0 => None,
+                    1 => Some(d.u32()?),
+                    other => return Err(WireError::Malformed(format!("bad table flag {other}"))),
+                },
+                lsn: d.lsn()?,
+            },
             other => return Err(WireError::Malformed(format!("unknown request tag {other}"))),
         };
         d.finish()?;
@@ -361,6 +407,13 @@ impl Response {
                 }
             }
             Response::Deleted => e = Encoder::new(tag::DELETED),
+            Response::Compacted { image_lsn, tables } => {
+                e = Encoder::new(tag::COMPACTED);
+                e.lsn(*image_lsn).u32(tables.len() as u32);
+                for table in tables {
+                    e.u32(*table);
+                }
+            }
             Response::ColumnBatch { ipc } => {
                 e = Encoder::new(tag::COLUMN_BATCH);
                 e.bytes(ipc);
@@ -400,6 +453,15 @@ impl Response {
                 Response::Timelines(infos)
             }
             tag::DELETED => Response::Deleted,
+            tag::COMPACTED => {
+                let image_lsn = d.lsn()?;
+                let n = d.count(4)?;
+                let mut tables = Vec::with_capacity(n);
+                for _ in 0..n {
+                    tables.push(d.u32()?);
+                }
+                Response::Compacted { image_lsn, tables }
+            }
             tag::COLUMN_BATCH => Response::ColumnBatch {
                 ipc: payload.slice_ref(d.bytes()?),
             },
@@ -436,6 +498,16 @@ mod tests {
     fn messages_round_trip_and_reject_truncation() {
         let timeline = TimelineId::from_u128(3);
         let requests = vec![
+            Request::Compact {
+                timeline: TimelineId::from_u128(5),
+                table: Some(16),
+                lsn: Lsn(9),
+            },
+            Request::Compact {
+                timeline: TimelineId::from_u128(5),
+                table: None,
+                lsn: Lsn(0),
+            },
             Request::GetRow {
                 timeline,
                 table: 5,
@@ -534,6 +606,14 @@ mod tests {
             ]),
             Response::Timelines(vec![]),
             Response::Deleted,
+            Response::Compacted {
+                image_lsn: Lsn(77),
+                tables: vec![16, 17],
+            },
+            Response::Compacted {
+                image_lsn: Lsn(0),
+                tables: vec![],
+            },
             Response::ColumnBatch {
                 ipc: Bytes::from_static(b"\xff\xff\xff\xffarrow"),
             },
