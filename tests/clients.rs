@@ -9,7 +9,7 @@ use futures::SinkExt;
 use support::cluster::Cluster;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::Type;
-use tokio_postgres::NoTls;
+use tokio_postgres::{Client, Error, NoTls};
 
 #[test]
 fn session_functions_and_settings_answer_like_postgresql() {
@@ -78,6 +78,21 @@ fn session_functions_and_settings_answer_like_postgresql() {
     });
 }
 
+/// Sends `pieces` as the data of `sql` (a COPY FROM STDIN) and ends it: the rows copied.
+async fn copy_pieces(client: &Client, sql: &str, pieces: &[&[u8]]) -> Result<u64, Error> {
+    let sink = client.copy_in::<_, Bytes>(sql).await?;
+    futures::pin_mut!(sink);
+    for piece in pieces {
+        sink.send(Bytes::copy_from_slice(piece)).await?;
+    }
+    sink.finish().await
+}
+
+async fn count_items(client: &Client) -> i64 {
+    let row = client.query_one("SELECT count(*) FROM items", &[]).await;
+    row.unwrap().get(0)
+}
+
 #[test]
 fn copy_from_stdin_through_a_driver_stores_every_row_or_none() {
     let cluster = Cluster::start("clients-copy");
@@ -97,21 +112,14 @@ fn copy_from_stdin_through_a_driver_stores_every_row_or_none() {
             )
             .await
             .unwrap();
-        let count = |rows: Vec<tokio_postgres::Row>| rows[0].get::<_, i64>(0);
 
         // Text format in CopyData messages that split records (and an escape) anywhere.
         let data: Vec<u8> = (0..3000)
             .flat_map(|i| format!("{i}\tname\\t{i}\t{}.5\t{}\n", i * 2, i % 2 == 0).into_bytes())
             .collect();
-        let sink = client
-            .copy_in::<_, Bytes>("COPY items FROM STDIN")
-            .await
-            .unwrap();
-        futures::pin_mut!(sink);
-        for piece in data.chunks(777) {
-            sink.send(Bytes::copy_from_slice(piece)).await.unwrap();
-        }
-        assert_eq!(sink.finish().await.unwrap(), 3000);
+        let pieces: Vec<&[u8]> = data.chunks(777).collect();
+        let copied = copy_pieces(&client, "COPY items FROM STDIN", &pieces).await;
+        assert_eq!(copied.unwrap(), 3000);
         let row = client
             .query_one("SELECT name, score, ok FROM items WHERE id = 2999", &[])
             .await
@@ -150,40 +158,22 @@ fn copy_from_stdin_through_a_driver_stores_every_row_or_none() {
             Some("bin 5003")
         );
         assert_eq!(rows[1].get::<_, f64>(2), 1250.75);
+        assert_eq!(count_items(&client).await, 3100);
 
         // A bad row fails the whole COPY: none of its rows stay, the session goes on.
-        let sink = client
-            .copy_in::<_, Bytes>("COPY items FROM STDIN")
+        let dup: &[u8] = b"7000\tnew\t1\tt\n1\tdup\t1\tt\n";
+        let err = copy_pieces(&client, "COPY items FROM STDIN", &[dup])
             .await
-            .unwrap();
-        futures::pin_mut!(sink);
-        sink.send(Bytes::from_static(b"7000\tnew\t1\tt\n1\tdup\t1\tt\n"))
-            .await
-            .unwrap();
-        let err = sink.finish().await.unwrap_err();
+            .unwrap_err();
         assert_eq!(err.code().unwrap().code(), "23505", "{err:?}");
-        assert_eq!(
-            count(
-                client
-                    .query("SELECT count(*) FROM items", &[])
-                    .await
-                    .unwrap()
-            ),
-            3100
-        );
-        let sink = client
-            .copy_in::<_, Bytes>("COPY items FROM STDIN")
+        assert_eq!(count_items(&client).await, 3100);
+        let bad: &[u8] = b"7001\tx\tnot a number\tt\n";
+        let err = copy_pieces(&client, "COPY items FROM STDIN", &[bad])
             .await
-            .unwrap();
-        futures::pin_mut!(sink);
-        sink.send(Bytes::from_static(b"7001\tx\tnot a number\tt\n"))
-            .await
-            .unwrap();
-        let err = sink.finish().await.unwrap_err();
+            .unwrap_err();
         assert_eq!(err.code().unwrap().code(), "22P02", "{err:?}");
-        let db_err = err.as_db_error().unwrap();
         assert_eq!(
-            db_err.where_(),
+            err.as_db_error().unwrap().where_(),
             Some("COPY items, line 1, column score: \"not a number\"")
         );
 
@@ -198,46 +188,15 @@ fn copy_from_stdin_through_a_driver_stores_every_row_or_none() {
                 .await
                 .unwrap();
         }
-        assert_eq!(
-            count(
-                client
-                    .query("SELECT count(*) FROM items", &[])
-                    .await
-                    .unwrap()
-            ),
-            3100
-        );
+        assert_eq!(count_items(&client).await, 3100);
 
         // Inside a transaction block, the COPY's rows go with the block.
         client.batch_execute("BEGIN").await.unwrap();
-        let sink = client
-            .copy_in::<_, Bytes>("COPY items (id) FROM STDIN")
-            .await
-            .unwrap();
-        futures::pin_mut!(sink);
-        sink.send(Bytes::from_static(b"8000\n8001\n"))
-            .await
-            .unwrap();
-        assert_eq!(sink.finish().await.unwrap(), 2);
-        assert_eq!(
-            count(
-                client
-                    .query("SELECT count(*) FROM items", &[])
-                    .await
-                    .unwrap()
-            ),
-            3102
-        );
+        let copied = copy_pieces(&client, "COPY items (id) FROM STDIN", &[b"8000\n8001\n"]).await;
+        assert_eq!(copied.unwrap(), 2);
+        assert_eq!(count_items(&client).await, 3102);
         client.batch_execute("ROLLBACK").await.unwrap();
-        assert_eq!(
-            count(
-                client
-                    .query("SELECT count(*) FROM items", &[])
-                    .await
-                    .unwrap()
-            ),
-            3100
-        );
+        assert_eq!(count_items(&client).await, 3100);
 
         // More rows than one transaction may hold: refused while streaming, with a hint.
         let sink = client
@@ -264,14 +223,6 @@ fn copy_from_stdin_through_a_driver_stores_every_row_or_none() {
             db_err.hint().unwrap().contains("several COPY commands"),
             "{db_err:?}"
         );
-        assert_eq!(
-            count(
-                client
-                    .query("SELECT count(*) FROM items", &[])
-                    .await
-                    .unwrap()
-            ),
-            3100
-        );
+        assert_eq!(count_items(&client).await, 3100);
     });
 }

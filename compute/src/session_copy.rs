@@ -167,19 +167,15 @@ impl Session {
             let mut targets = Vec::with_capacity(columns.len());
             for ident in columns {
                 let name = ident_name(ident);
-                let at = table
-                    .columns
-                    .iter()
-                    .position(|c| c.name == name)
-                    .ok_or_else(|| {
-                        SqlError::new(
-                            sqlstate::UNDEFINED_COLUMN,
-                            format!(
-                                "column \"{name}\" of relation \"{}\" does not exist",
-                                table.name
-                            ),
-                        )
-                    })?;
+                let at = table.column_index(&name).ok_or_else(|| {
+                    SqlError::new(
+                        sqlstate::UNDEFINED_COLUMN,
+                        format!(
+                            "column \"{name}\" of relation \"{}\" does not exist",
+                            table.name
+                        ),
+                    )
+                })?;
                 if targets.contains(&at) {
                     return Err(SqlError::new(
                         sqlstate::DUPLICATE_COLUMN,
