@@ -64,6 +64,9 @@ pub struct FaultyStore {
     rng: Mutex<u64>,
     pub counts: FaultCounts,
     puts: Mutex<Vec<RecordedPut>>,
+    /// Held across a put and its recording, so that `puts` is in the order the store
+    /// applied them (another put could otherwise land and be recorded in between).
+    applying: tokio::sync::Mutex<()>,
 }
 
 enum Fault {
@@ -88,6 +91,7 @@ impl FaultyStore {
             rng: Mutex::new(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1),
             counts: FaultCounts::default(),
             puts: Mutex::new(Vec::new()),
+            applying: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -158,6 +162,7 @@ impl ObjectStore for FaultyStore {
     ) -> Result<PutResult> {
         let bytes: Bytes = payload.clone().into();
         self.faulted("put", async {
+            let _applying = self.applying.lock().await;
             let result = self.inner.put_opts(location, payload, opts).await;
             if result.is_ok() {
                 self.puts
