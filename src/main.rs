@@ -21,15 +21,31 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Start the local cluster (3 safekeepers, a pageserver and a compute) and print its
-    /// connection string. Stops on Ctrl-C or SIGTERM; a later start finds the same data.
+    /// Start the local cluster (3 safekeepers, a pageserver, the control plane with its API,
+    /// and the proxy that starts each endpoint's compute on its first connection) and print
+    /// the connection string of the local project's main branch. Stops on Ctrl-C or
+    /// SIGTERM; a later start finds the same data.
     Start {
         /// Folder holding all of the cluster's state.
         #[arg(long, default_value = "./.omendb")]
         data_dir: PathBuf,
-        /// Port on 127.0.0.1 for PostgreSQL clients.
+        /// Port on 127.0.0.1 of the proxy, for PostgreSQL clients of every endpoint.
         #[arg(long, default_value_t = 55432)]
         port: u16,
+        /// Port on 127.0.0.1 of the control-plane API (0: any free port; the CLI finds it in
+        /// <data-dir>/control-plane.json).
+        #[arg(long, default_value_t = 0)]
+        api_port: u16,
+        /// The proxy's TLS certificate chain (PEM). Default: a self-signed certificate made
+        /// on the first start and kept in <data-dir>/proxy/.
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// The private key of --tls-cert (PEM).
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+        /// Endpoints are reached by TLS server name as <endpoint-id>.<domain>.
+        #[arg(long, default_value = "localhost")]
+        domain: String,
         /// Object store for the pageserver's layer files and offloaded WAL: a local folder,
         /// a file:// URL, or s3://bucket/prefix (with AWS_ACCESS_KEY_ID,
         /// AWS_SECRET_ACCESS_KEY, AWS_REGION and, for an S3-compatible server, AWS_ENDPOINT
@@ -40,12 +56,54 @@ enum Command {
         #[arg(long, default_value_t = 10_000)]
         commit_timeout_ms: u64,
     },
-    /// Create, list and delete branches of the cluster that `omendb start` runs on a data
-    /// folder. A branch starts as its parent's data at a point, copying nothing, and has a
-    /// compute (and connection string) of its own; writes to it never reach its parent.
+    /// Create, list, reset and delete branches. A branch starts as its parent's data at a
+    /// point, copying nothing, and has an endpoint (and connection string) of its own;
+    /// writes to it never reach its parent.
     Branch {
         #[command(subcommand)]
-        command: BranchCommand,
+        command: control_plane::client::BranchCommand,
+        #[command(flatten)]
+        target: control_plane::client::Target,
+    },
+    /// Create, list and delete projects (each with its own branches, endpoints and roles).
+    Project {
+        #[command(subcommand)]
+        command: control_plane::client::ProjectCommand,
+        #[command(flatten)]
+        target: control_plane::client::Target,
+    },
+    /// Create, start, suspend, change and delete endpoints (the computes clients reach).
+    Endpoint {
+        #[command(subcommand)]
+        command: control_plane::client::EndpointCommand,
+        #[command(flatten)]
+        target: control_plane::client::Target,
+    },
+    /// Create roles and set their passwords.
+    Role {
+        #[command(subcommand)]
+        command: control_plane::client::RoleCommand,
+        #[command(flatten)]
+        target: control_plane::client::Target,
+    },
+    /// Make API tokens for a project.
+    Token {
+        #[command(subcommand)]
+        command: control_plane::client::TokenCommand,
+        #[command(flatten)]
+        target: control_plane::client::Target,
+    },
+    /// Print the connection string of a branch's endpoint (default: main's) as a role
+    /// (default: the project's owner).
+    ConnectionString {
+        #[arg(long)]
+        branch: Option<String>,
+        #[arg(long)]
+        endpoint: Option<String>,
+        #[arg(long)]
+        role: Option<String>,
+        #[command(flatten)]
+        target: control_plane::client::Target,
     },
     /// Run one safekeeper (WAL acceptor).
     Safekeeper {
@@ -131,43 +189,6 @@ enum Command {
     },
 }
 
-#[derive(Subcommand)]
-enum BranchCommand {
-    /// Create branch NAME from PARENT and start its compute. Prints its connection string
-    /// on stdout (and what was created on stderr).
-    Create {
-        /// The new branch's name: lowercase letters, digits, '_' and '-', starting with a
-        /// letter or digit, at most 63 characters.
-        name: String,
-        /// The branch it starts from.
-        #[arg(long, default_value = "main")]
-        parent: String,
-        /// Where on the parent it starts: an LSN (0/16B3748) or an RFC 3339 time in UTC
-        /// (2024-05-01T12:00:00Z; the parent's last commit at or before it). Default: the
-        /// parent's latest commit.
-        #[arg(long)]
-        at: Option<String>,
-        /// Folder of the running cluster (as given to `omendb start`).
-        #[arg(long, default_value = "./.omendb")]
-        data_dir: PathBuf,
-    },
-    /// List main and every branch: name, parent, branch LSN, timeline, connection string.
-    List {
-        /// Folder of the running cluster (as given to `omendb start`).
-        #[arg(long, default_value = "./.omendb")]
-        data_dir: PathBuf,
-    },
-    /// Stop branch NAME's compute and delete its timeline. Refused for main and for a
-    /// branch that other branches start from.
-    Delete {
-        /// The branch to delete.
-        name: String,
-        /// Folder of the running cluster (as given to `omendb start`).
-        #[arg(long, default_value = "./.omendb")]
-        data_dir: PathBuf,
-    },
-}
-
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
@@ -185,6 +206,10 @@ fn main() -> anyhow::Result<()> {
             Command::Start {
                 data_dir,
                 port,
+                api_port,
+                tls_cert,
+                tls_key,
+                domain,
                 object_store,
                 commit_timeout_ms,
             } => {
@@ -192,24 +217,45 @@ fn main() -> anyhow::Result<()> {
                 control_plane::start(control_plane::StartConfig {
                     data_dir,
                     port,
+                    api_port,
+                    tls_cert,
+                    tls_key,
+                    domain,
                     object_store,
                     commit_timeout_ms,
                     binary,
                 })
                 .await
             }
-            Command::Branch { command } => match command {
-                BranchCommand::Create {
-                    name,
-                    parent,
-                    at,
-                    data_dir,
-                } => control_plane::client::create(&data_dir, &name, &parent, at.as_deref()).await,
-                BranchCommand::List { data_dir } => control_plane::client::list(&data_dir).await,
-                BranchCommand::Delete { name, data_dir } => {
-                    control_plane::client::delete(&data_dir, &name).await
-                }
-            },
+            Command::Branch { command, target } => {
+                control_plane::client::branch(&target, command).await
+            }
+            Command::Project { command, target } => {
+                control_plane::client::project(&target, command).await
+            }
+            Command::Endpoint { command, target } => {
+                control_plane::client::endpoint(&target, command).await
+            }
+            Command::Role { command, target } => {
+                control_plane::client::role(&target, command).await
+            }
+            Command::Token { command, target } => {
+                control_plane::client::token(&target, command).await
+            }
+            Command::ConnectionString {
+                branch,
+                endpoint,
+                role,
+                target,
+            } => {
+                control_plane::client::connection_string(
+                    &target,
+                    branch.as_deref(),
+                    endpoint.as_deref(),
+                    role.as_deref(),
+                )
+                .await
+            }
             Command::Safekeeper {
                 id,
                 listen,

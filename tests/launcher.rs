@@ -1,5 +1,7 @@
-//! `omendb start`: the local cluster as a user runs it. It prints one connection string that
-//! psql accepts, stops every child on SIGTERM, and finds its data again on the next start.
+//! `omendb start`: the local cluster as a user runs it. It prints one connection string (the
+//! local project's main branch, through the proxy, with the owner role's password) that psql
+//! accepts, stops every child on SIGTERM, and finds its data and prints the same string
+//! again on the next start.
 
 mod support;
 
@@ -37,7 +39,10 @@ fn start(data_dir: &std::path::Path, port: u16) -> (Child, String) {
 fn psql(url: &str, sql: &str) -> String {
     let output = Command::new("psql")
         .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql, url])
-        .env("PGCONNECT_TIMEOUT", "10")
+        .env(
+            "PGCONNECT_TIMEOUT",
+            support::launcher::PSQL_CONNECT_TIMEOUT_SECS.to_string(),
+        )
         .output()
         .expect("run psql");
     assert!(
@@ -72,7 +77,55 @@ fn start_prints_a_url_stops_cleanly_and_finds_its_data_again() {
     let port = support::cluster::free_addr().port();
 
     let (child, url) = start(&data_dir, port);
-    assert_eq!(url, format!("postgres://omendb@127.0.0.1:{port}/omendb"));
+    // postgres://omendb:<password>@127.0.0.1:<port>/omendb?options=endpoint%3Dep-<id>
+    let rest = url
+        .strip_prefix("postgres://omendb:")
+        .unwrap_or_else(|| panic!("omendb start printed {url:?}"));
+    let (password, rest) = rest
+        .split_once(&format!("@127.0.0.1:{port}/omendb?options=endpoint%3Dep-"))
+        .unwrap_or_else(|| panic!("omendb start printed {url:?}"));
+    assert!(
+        password.len() == 24 && password.bytes().all(|b| b.is_ascii_alphanumeric()),
+        "a 24-character password: {url:?}"
+    );
+    assert!(
+        rest.len() == 16
+            && rest
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()),
+        "an endpoint id: {url:?}"
+    );
+    let endpoints: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(data_dir.join("control-plane.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(endpoints["postgres"], format!("127.0.0.1:{port}"));
+    assert!(
+        endpoints["api"]
+            .as_str()
+            .is_some_and(|api| api.starts_with("http://127.0.0.1:")),
+        "{endpoints}"
+    );
+    assert!(
+        endpoints["project"].as_str().is_some_and(|p| !p.is_empty()),
+        "{endpoints}"
+    );
+    // The password is checked (SCRAM-SHA-256 at the proxy).
+    let wrong = url.replacen(password, &"x".repeat(24), 1);
+    let refused = Command::new("psql")
+        .args(["-X", "-w", "-A", "-t", "-c", "SELECT 1", &wrong])
+        .env(
+            "PGCONNECT_TIMEOUT",
+            support::launcher::PSQL_CONNECT_TIMEOUT_SECS.to_string(),
+        )
+        .output()
+        .expect("run psql");
+    assert!(!refused.status.success(), "a wrong password is refused");
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("password authentication failed"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
     psql(&url, "CREATE TABLE kept (id int PRIMARY KEY, name text)");
     psql(&url, "INSERT INTO kept VALUES (1, 'first'), (2, 'second')");
     assert_eq!(
@@ -89,6 +142,9 @@ fn start_prints_a_url_stops_cleanly_and_finds_its_data_again() {
         "pageserver",
         "object-store",
         "logs",
+        "control-plane.db",
+        "control-plane.json",
+        "admin-token",
     ] {
         assert!(
             data_dir.join(name).exists(),
@@ -117,6 +173,10 @@ fn start_help_documents_every_flag() {
     for flag in [
         "--data-dir",
         "--port",
+        "--api-port",
+        "--tls-cert",
+        "--tls-key",
+        "--domain",
         "--object-store",
         "--commit-timeout-ms",
         "--help",

@@ -24,11 +24,14 @@
 //! stops the computes, then the pageserver (which uploads what it has), then the
 //! safekeepers, removes the socket and returns.
 
-pub mod branches;
+pub mod api;
 pub mod client;
-pub mod control;
 pub mod pageserver_admin;
+pub mod proxy;
 pub mod registry;
+pub mod scram;
+pub mod service;
+pub mod store;
 
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
@@ -36,6 +39,7 @@ use std::net::{SocketAddr, TcpListener};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -46,10 +50,9 @@ use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-use branches::{connection_string, BranchBackend, BranchErrorKind, Branches};
-use control::{ControlRequest, ControlResponse};
 use pageserver_admin::{PageserverAdmin, PageserverCallError};
-use registry::{write_atomically, BranchEntry};
+use registry::write_atomically;
+use service::{Backend, ComputeSpec};
 
 /// Number of safekeepers in a local cluster.
 pub const SAFEKEEPERS: usize = 3;
@@ -57,6 +60,9 @@ pub const SAFEKEEPERS: usize = 3;
 pub const READY_TIMEOUT_MS: u64 = 60_000;
 /// How long a component may take to stop after SIGTERM before it is killed.
 pub const STOP_TIMEOUT_MS: u64 = 15_000;
+/// How often a starting component is tried for a connection, in milliseconds (a woken
+/// compute's first connection waits for this).
+pub const READY_POLL_MS: u64 = 2;
 /// Pause before restarting a child that died.
 pub const RESTART_DELAY_MS: u64 = 1_000;
 /// Ports tried beyond those needed when looking for free ones outside the recorded ones.
@@ -65,8 +71,16 @@ const CLUSTER_FILE_VERSION: u32 = 1;
 
 pub struct StartConfig {
     pub data_dir: PathBuf,
-    /// Port for PostgreSQL clients.
+    /// Port of the proxy for PostgreSQL clients.
     pub port: u16,
+    /// Port of the control-plane API (0: any free port; `control-plane.json` names it).
+    pub api_port: u16,
+    /// The proxy's TLS certificate chain and key (PEM); without them a self-signed pair
+    /// kept in `<data-dir>/proxy/` is used.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// Endpoints are reached by TLS SNI as `<endpoint>.<domain>`.
+    pub domain: String,
     /// The object store, passed to each component as given: a local folder, `file://` URL or
     /// `s3://bucket/prefix` (default: the folder `<data-dir>/object-store`).
     pub object_store: Option<String>,
@@ -227,7 +241,7 @@ impl Component {
                     self.log.display()
                 );
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(Duration::from_millis(READY_POLL_MS)).await;
         }
     }
 
@@ -257,17 +271,6 @@ pub async fn start(config: StartConfig) -> anyhow::Result<()> {
     let data_dir = data_dir.canonicalize()?;
     let _lock = lock_data_dir(&data_dir)?;
     let (tenant, timeline) = load_or_init(&data_dir)?;
-    let mut branches = Branches::open(&data_dir, tenant, timeline, config.port)?;
-    for entry in &branches.registry().branches {
-        if entry.port == config.port {
-            warn!(
-                branch = %entry.name,
-                "branch {} has port {}, which --port gives main now; its compute cannot start",
-                entry.name,
-                entry.port
-            );
-        }
-    }
     let object_store = match &config.object_store {
         Some(spec) => spec.clone(),
         None => {
@@ -276,19 +279,30 @@ pub async fn start(config: StartConfig) -> anyhow::Result<()> {
             dir.display().to_string()
         }
     };
+    // Bound first, so that a port in use fails the start before anything else runs.
+    let proxy_listener = tokio::net::TcpListener::bind(("127.0.0.1", config.port))
+        .await
+        .with_context(|| {
+            format!(
+                "listening on 127.0.0.1:{} for PostgreSQL clients",
+                config.port
+            )
+        })?;
+    let api_listener = tokio::net::TcpListener::bind(("127.0.0.1", config.api_port))
+        .await
+        .with_context(|| format!("listening on 127.0.0.1:{} for the API", config.api_port))?;
+    let tls = proxy::tls::server_config(
+        config.tls_cert.as_deref(),
+        config.tls_key.as_deref(),
+        &data_dir.join("proxy"),
+        &config.domain,
+    )?;
 
     let log_dir = data_dir.join("logs");
     let log = |name: &str| log_dir.join(format!("{name}.log"));
     let mut safekeepers = Vec::new();
     let mut safekeeper_addrs = Vec::new();
-    let mut recorded_ports: Vec<u16> = branches
-        .registry()
-        .branches
-        .iter()
-        .map(|b| b.port)
-        .collect();
-    recorded_ports.push(config.port);
-    let ports = free_ports(SAFEKEEPERS + 1, &recorded_ports)?;
+    let ports = free_ports(SAFEKEEPERS + 1, &[])?;
     for n in 1..=SAFEKEEPERS {
         let addr: SocketAddr = format!("127.0.0.1:{}", ports[n - 1]).parse()?;
         safekeeper_addrs.push(addr.to_string());
@@ -336,31 +350,54 @@ pub async fn start(config: StartConfig) -> anyhow::Result<()> {
         log: log("pageserver"),
         child: None,
     };
-    let computes = ComputeSettings {
-        safekeepers: safekeepers_arg,
-        pageserver: pageserver_addr,
-        commit_timeout_ms: config.commit_timeout_ms,
-    };
-    let main_compute =
-        computes.component("compute".into(), timeline, config.port, log("compute"))?;
     let mut processes = Processes {
         binary: config.binary.clone(),
         log_dir: log_dir.clone(),
         safekeepers,
         pageserver,
-        main_compute,
-        branch_computes: Vec::new(),
-        computes,
+        computes: std::collections::HashMap::new(),
+        compute_settings: ComputeSettings {
+            safekeepers: safekeepers_arg,
+            pageserver: pageserver_addr,
+            commit_timeout_ms: config.commit_timeout_ms,
+        },
         pageserver_admin: PageserverAdmin::new(pageserver_addr),
     };
 
-    let mut socket_bound = false;
-    let result = run(&data_dir, &mut processes, &mut branches, &mut socket_bound).await;
+    let store = store::Store::open(&data_dir.join(store::DB_FILE))?;
+    let activity = Arc::new(service::Activity::default());
+    let proxy_address = service::ProxyAddress {
+        host: "127.0.0.1".into(),
+        port: proxy_listener.local_addr()?.port(),
+        domain: config.domain.clone(),
+    };
+    let mut control_plane =
+        service::ControlPlane::new(store, tenant, proxy_address, activity.clone());
+    let listeners = Listeners {
+        proxy: proxy_listener,
+        api: api_listener,
+        tls,
+        domain: config.domain.clone(),
+    };
+    let result = run(
+        &data_dir,
+        timeline,
+        &mut processes,
+        &mut control_plane,
+        listeners,
+        activity,
+    )
+    .await;
     processes.stop_all().await;
-    if socket_bound {
-        let _ = std::fs::remove_file(control::socket_path(&data_dir));
-    }
     result
+}
+
+/// What the cluster serves on: bound before anything starts.
+struct Listeners {
+    proxy: tokio::net::TcpListener,
+    api: tokio::net::TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    domain: String,
 }
 
 /// How computes are started: what every compute's command line shares.
@@ -371,29 +408,24 @@ struct ComputeSettings {
 }
 
 impl ComputeSettings {
-    fn component(
-        &self,
-        name: String,
-        timeline: TimelineId,
-        port: u16,
-        log: PathBuf,
-    ) -> anyhow::Result<Component> {
+    fn component(&self, spec: &ComputeSpec, port: u16, log: PathBuf) -> anyhow::Result<Component> {
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
+        let args = vec![
+            "compute".into(),
+            "--listen".into(),
+            addr.to_string(),
+            "--safekeepers".into(),
+            self.safekeepers.clone(),
+            "--pageserver".into(),
+            self.pageserver.to_string(),
+            "--timeline".into(),
+            spec.timeline.to_string(),
+            "--commit-timeout-ms".into(),
+            self.commit_timeout_ms.to_string(),
+        ];
         Ok(Component {
-            name,
-            args: vec![
-                "compute".into(),
-                "--listen".into(),
-                addr.to_string(),
-                "--safekeepers".into(),
-                self.safekeepers.clone(),
-                "--pageserver".into(),
-                self.pageserver.to_string(),
-                "--timeline".into(),
-                timeline.to_string(),
-                "--commit-timeout-ms".into(),
-                self.commit_timeout_ms.to_string(),
-            ],
+            name: format!("compute-{}", spec.endpoint),
+            args,
             addr,
             log,
             child: None,
@@ -401,38 +433,33 @@ impl ComputeSettings {
     }
 }
 
-/// The cluster's child processes. Each is restarted when it dies; at shutdown the computes
-/// (branches', then main's) stop first, then the pageserver (which uploads what it has), then
-/// the safekeepers.
+/// The cluster's child processes. Safekeepers and the pageserver are restarted when they
+/// die; a compute that dies is forgotten (its endpoint is suspended, and the next
+/// connection starts it again). At shutdown the computes stop first, then the pageserver
+/// (which uploads what it has), then the safekeepers.
 struct Processes {
     binary: PathBuf,
     log_dir: PathBuf,
     safekeepers: Vec<Component>,
     pageserver: Component,
-    main_compute: Component,
-    /// Named `compute-<branch>`, in the order they started.
-    branch_computes: Vec<Component>,
-    computes: ComputeSettings,
+    /// The running computes, by endpoint id.
+    computes: std::collections::HashMap<String, Component>,
+    compute_settings: ComputeSettings,
     pageserver_admin: PageserverAdmin,
 }
 
-fn branch_compute_name(branch: &str) -> String {
-    format!("compute-{branch}")
-}
-
 impl Processes {
-    fn all_mut(&mut self) -> impl Iterator<Item = &mut Component> {
+    fn storage_mut(&mut self) -> impl Iterator<Item = &mut Component> {
         self.safekeepers
             .iter_mut()
             .chain(std::iter::once(&mut self.pageserver))
-            .chain(std::iter::once(&mut self.main_compute))
-            .chain(self.branch_computes.iter_mut())
     }
 
-    /// Starts every child that has died since the last look.
-    fn restart_exited(&mut self) -> anyhow::Result<()> {
+    /// Starts every safekeeper or pageserver that has died since the last look, and forgets
+    /// every compute that has.
+    fn look_after(&mut self) -> anyhow::Result<()> {
         let binary = self.binary.clone();
-        for component in self.all_mut() {
+        for component in self.storage_mut() {
             let exited = match component.child.as_mut() {
                 Some(child) => child.try_wait()?,
                 None => None,
@@ -442,14 +469,29 @@ impl Processes {
                 component.spawn(&binary)?;
             }
         }
+        let mut dead = Vec::new();
+        for (endpoint, component) in self.computes.iter_mut() {
+            if let Some(child) = component.child.as_mut() {
+                if let Some(status) = child.try_wait()? {
+                    warn!(
+                        name = %component.name,
+                        %status,
+                        "exited; its endpoint starts it again at the next connection"
+                    );
+                    dead.push(endpoint.clone());
+                }
+            }
+        }
+        for endpoint in dead {
+            self.computes.remove(&endpoint);
+        }
         Ok(())
     }
 
     async fn stop_all(&mut self) {
-        for component in self.branch_computes.iter_mut().rev() {
+        for (_, mut component) in self.computes.drain() {
             component.stop().await;
         }
-        self.main_compute.stop().await;
         self.pageserver.stop().await;
         for component in self.safekeepers.iter_mut().rev() {
             component.stop().await;
@@ -457,16 +499,15 @@ impl Processes {
     }
 }
 
-impl BranchBackend for Processes {
+impl Backend for Processes {
     async fn create_timeline(
         &mut self,
         tenant: TenantId,
         timeline: TimelineId,
-        ancestor: TimelineId,
-        point: BranchPoint,
+        ancestor: Option<(TimelineId, BranchPoint)>,
     ) -> Result<TimelineInfo, PageserverCallError> {
         self.pageserver_admin
-            .create_timeline(tenant, timeline, ancestor, point)
+            .create_timeline(tenant, timeline, ancestor)
             .await
     }
 
@@ -474,33 +515,31 @@ impl BranchBackend for Processes {
         self.pageserver_admin.delete_timeline(timeline).await
     }
 
-    async fn start_compute(&mut self, branch: &BranchEntry) -> anyhow::Result<()> {
-        let name = branch_compute_name(&branch.name);
-        self.stop_compute(&branch.name).await;
-        let log = self.log_dir.join(format!("{name}.log"));
-        let mut component = self
-            .computes
-            .component(name, branch.timeline, branch.port, log)?;
+    async fn start_compute(&mut self, spec: &ComputeSpec) -> anyhow::Result<SocketAddr> {
+        self.stop_compute(&spec.endpoint).await;
+        let mut taken: Vec<u16> = self.storage_mut().map(|c| c.addr.port()).collect();
+        taken.extend(self.computes.values().map(|c| c.addr.port()));
+        let port = free_ports(1, &taken)?[0];
+        let log = self.log_dir.join(format!("compute-{}.log", spec.endpoint));
+        let mut component = self.compute_settings.component(spec, port, log)?;
         component.spawn(&self.binary)?;
-        // Supervised from here on, also if it does not become ready: the caller decides
-        // whether to stop it.
-        self.branch_computes.push(component);
-        let component = self.branch_computes.last_mut().expect("pushed above");
-        component.wait_ready().await
+        if let Err(e) = component.wait_ready().await {
+            component.stop().await;
+            return Err(e);
+        }
+        let addr = component.addr;
+        self.computes.insert(spec.endpoint.clone(), component);
+        Ok(addr)
     }
 
-    async fn stop_compute(&mut self, branch: &str) {
-        let name = branch_compute_name(branch);
-        if let Some(index) = self.branch_computes.iter().position(|c| c.name == name) {
-            let mut component = self.branch_computes.remove(index);
+    async fn stop_compute(&mut self, endpoint: &str) {
+        if let Some(mut component) = self.computes.remove(endpoint) {
             component.stop().await;
         }
     }
 
-    fn free_port(&mut self, taken: &[u16]) -> anyhow::Result<u16> {
-        let mut taken = taken.to_vec();
-        taken.extend(self.all_mut().map(|component| component.addr.port()));
-        Ok(free_ports(1, &taken)?[0])
+    fn compute_addr(&self, endpoint: &str) -> Option<SocketAddr> {
+        self.computes.get(endpoint).map(|c| c.addr)
     }
 
     fn new_timeline_id(&mut self) -> TimelineId {
@@ -508,101 +547,276 @@ impl BranchBackend for Processes {
     }
 }
 
+/// What the launcher's task is asked to do, by the API and the proxy.
+enum Call {
+    Api(api::ApiCall),
+    Proxy(proxy::ControlCall),
+}
+
+/// The local cluster's first project (made on the first start, around the root timeline of
+/// `cluster.json`), the admin token file, and the branches an older build kept in
+/// `branches.json`.
+async fn bootstrap(
+    data_dir: &Path,
+    root: TimelineId,
+    control_plane: &mut service::ControlPlane,
+    processes: &mut Processes,
+) -> anyhow::Result<String> {
+    let project = match control_plane.store().setting(LOCAL_PROJECT_SETTING)? {
+        Some(project) => project,
+        None => {
+            let created = control_plane
+                .create_project(
+                    processes,
+                    &service::Scope::Admin,
+                    service::CreateProject {
+                        name: Some("local".into()),
+                    },
+                    Some(root),
+                )
+                .await
+                .map_err(|e| anyhow::anyhow!("making the local project: {e}"))?;
+            let project = created.project.id;
+            import_legacy_branches(data_dir, control_plane, &project, &created.branch.id)?;
+            control_plane
+                .store()
+                .set_setting(LOCAL_PROJECT_SETTING, &project)?;
+            info!(%project, "made the local project");
+            project
+        }
+    };
+    let token_path = data_dir.join(ADMIN_TOKEN_FILE);
+    if !token_path.exists() {
+        let token = control_plane
+            .create_admin_token()
+            .map_err(|e| anyhow::anyhow!("making the admin token: {e}"))?;
+        write_private(&token_path, format!("{}\n", token.token).as_bytes())?;
+    }
+    Ok(project)
+}
+
+/// Branches of `branches.json` (written by builds before the control-plane database)
+/// become branches of the local project, each with a read-write endpoint; entries an
+/// interrupted operation left have their timelines doomed. The file is then renamed.
+fn import_legacy_branches(
+    data_dir: &Path,
+    control_plane: &mut service::ControlPlane,
+    project: &str,
+    main_branch: &str,
+) -> anyhow::Result<()> {
+    let path = data_dir.join(registry::REGISTRY_FILE);
+    if !path.exists() {
+        return Ok(());
+    }
+    let root = load_or_init(data_dir)?.1;
+    let legacy = registry::Registry::load(data_dir, root)?;
+    let mut ids: std::collections::HashMap<String, String> = std::collections::HashMap::new();
+    ids.insert(registry::MAIN_BRANCH.into(), main_branch.into());
+    for entry in legacy.branches {
+        let parent = ids.get(&entry.parent).cloned();
+        match (entry.state, parent, entry.lsn) {
+            (registry::BranchState::Ready, Some(parent), Some(lsn)) => {
+                let now = store::unix_now();
+                let branch = store::BranchRow {
+                    id: service::new_id("br"),
+                    project_id: project.into(),
+                    name: entry.name.clone(),
+                    parent_id: Some(parent),
+                    timeline: entry.timeline,
+                    lsn: Some(lsn),
+                    created_at: now,
+                };
+                let endpoint = store::EndpointRow {
+                    id: service::new_id("ep"),
+                    project_id: project.into(),
+                    branch_id: branch.id.clone(),
+                    kind: store::EndpointKind::ReadWrite,
+                    idle_timeout_secs: service::IDLE_TIMEOUT_SECS_DEFAULT,
+                    created_at: now,
+                };
+                control_plane
+                    .store_mut()
+                    .insert_branch(&branch, Some(&endpoint))?;
+                ids.insert(entry.name.clone(), branch.id);
+            }
+            _ => control_plane.store().doom_timeline(entry.timeline)?,
+        }
+    }
+    std::fs::rename(
+        &path,
+        data_dir.join(format!("{}.imported", registry::REGISTRY_FILE)),
+    )
+    .with_context(|| format!("renaming {}", path.display()))?;
+    info!("imported the branches of {}", path.display());
+    Ok(())
+}
+
+/// Writes `bytes` to a new file only its owner can read, atomically.
+fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let temporary = path.with_extension("tmp");
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(0o600)
+        .open(&temporary)
+        .with_context(|| format!("writing {}", temporary.display()))?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&temporary, path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
+/// Where the CLI finds the running cluster: `<data-dir>/control-plane.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClusterEndpoints {
+    pub version: u32,
+    /// `http://127.0.0.1:PORT`: the control-plane API.
+    pub api: String,
+    /// The proxy's PostgreSQL address.
+    pub postgres: String,
+    /// The local project, which commands act on by default.
+    pub project: String,
+}
+
+/// The file's name inside the data folder.
+pub const CLUSTER_ENDPOINTS_FILE: &str = "control-plane.json";
+/// The file holding the local cluster's admin API token (mode 0600).
+pub const ADMIN_TOKEN_FILE: &str = "admin-token";
+const LOCAL_PROJECT_SETTING: &str = "local_project";
+/// How often idle endpoints are looked for and doomed timelines deleted.
+pub const SWEEP_INTERVAL_MS: u64 = 1_000;
+
 async fn run(
     data_dir: &Path,
+    root: TimelineId,
     processes: &mut Processes,
-    branches: &mut Branches,
-    socket_bound: &mut bool,
+    control_plane: &mut service::ControlPlane,
+    listeners: Listeners,
+    activity: Arc<service::Activity>,
 ) -> anyhow::Result<()> {
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
     let binary = processes.binary.clone();
-    for component in processes.all_mut() {
+    for component in processes.storage_mut() {
         component.spawn(&binary)?;
         tokio::select! {
             ready = component.wait_ready() => ready?,
             _ = &mut shutdown => return Ok(()),
         }
     }
+    let project = bootstrap(data_dir, root, control_plane, processes).await?;
     tokio::select! {
-        _ = branches.recover(processes) => {}
+        _ = control_plane.sweep_doomed(processes) => {}
         _ = &mut shutdown => return Ok(()),
     }
-    let ready: Vec<BranchEntry> = branches.ready().cloned().collect();
-    for entry in &ready {
-        tokio::select! {
-            started = processes.start_compute(entry) => if let Err(e) = started {
-                warn!(
-                    branch = %entry.name,
-                    "the compute of branch {} did not start: {e:#}; it is restarted until it does",
-                    entry.name
-                );
-            },
-            _ = &mut shutdown => return Ok(()),
-        }
-    }
 
-    let listener = control::bind(data_dir)?;
-    *socket_bound = true;
-    let (calls_tx, mut calls) = mpsc::channel(control::REQUESTS_QUEUED_MAX);
-    let server = tokio::spawn(control::serve(listener, calls_tx));
+    let (calls_tx, mut calls) = mpsc::channel::<Call>(CALLS_QUEUED_MAX);
+    let (api_tx, mut api_calls) = mpsc::channel::<api::ApiCall>(CALLS_QUEUED_MAX);
+    let (proxy_tx, mut proxy_calls) = mpsc::channel::<proxy::ControlCall>(CALLS_QUEUED_MAX);
+    let api_addr = listeners.api.local_addr()?;
+    let proxy_addr = listeners.proxy.local_addr()?;
+    let proxy_config = Arc::new(proxy::ProxyConfig {
+        tls: Some(listeners.tls),
+        domain: listeners.domain,
+        allow_cleartext_without_tls: false,
+    });
+    let proxy_state = Arc::new(proxy::ProxyState::new(activity));
+    let tasks = [
+        tokio::spawn(api::serve(listeners.api, api_tx)),
+        tokio::spawn(proxy::serve(
+            listeners.proxy,
+            proxy_config,
+            proxy::ControlHandle::new(proxy_tx),
+            proxy_state,
+        )),
+        // Both queues feed one, so that the operations run one at a time in this task.
+        tokio::spawn({
+            let calls_tx = calls_tx.clone();
+            async move {
+                while let Some(call) = api_calls.recv().await {
+                    if calls_tx.send(Call::Api(call)).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }),
+        tokio::spawn(async move {
+            while let Some(call) = proxy_calls.recv().await {
+                if calls_tx.send(Call::Proxy(call)).await.is_err() {
+                    break;
+                }
+            }
+        }),
+    ];
     // Aborted when `run` returns, however it returns.
-    struct AbortOnDrop(tokio::task::JoinHandle<()>);
+    struct AbortOnDrop(Vec<tokio::task::JoinHandle<()>>);
     impl Drop for AbortOnDrop {
         fn drop(&mut self) {
-            self.0.abort();
+            for task in &self.0 {
+                task.abort();
+            }
         }
     }
-    let _server = AbortOnDrop(server);
+    let _tasks = AbortOnDrop(tasks.into_iter().collect());
 
-    println!("{}", connection_string(processes.main_compute.addr.port()));
-    let mut supervise = tokio::time::interval(Duration::from_millis(RESTART_DELAY_MS));
-    supervise.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let endpoints = ClusterEndpoints {
+        version: 1,
+        api: format!("http://{api_addr}"),
+        postgres: proxy_addr.to_string(),
+        project: project.clone(),
+    };
+    write_private(
+        &data_dir.join(CLUSTER_ENDPOINTS_FILE),
+        &serde_json::to_vec_pretty(&endpoints)?,
+    )?;
+    let uri = control_plane
+        .connection_uri_for(&service::Scope::Admin, &project, None, None, None)
+        .map_err(|e| anyhow::anyhow!("the local project's connection string: {e}"))?;
+    println!("{uri}");
+    info!(api = %endpoints.api, postgres = %endpoints.postgres, "the cluster is up");
+
+    let mut sweep = tokio::time::interval(Duration::from_millis(SWEEP_INTERVAL_MS));
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = &mut shutdown => return Ok(()),
-            _ = supervise.tick() => processes.restart_exited()?,
-            Some((request, reply)) = calls.recv() => {
-                // One operation at a time; a shutdown abandons it where it is, which leaves
-                // what a crash there would (see `branches`).
-                let response = tokio::select! {
-                    response = handle(branches, processes, request) => response,
+            _ = sweep.tick() => {
+                processes.look_after()?;
+                let idle = tokio::select! {
+                    idle = control_plane.suspend_idle(processes, std::time::Instant::now()) => idle,
                     _ = &mut shutdown => return Ok(()),
                 };
-                let _ = reply.send(response);
+                drop(idle);
+                tokio::select! {
+                    _ = control_plane.sweep_doomed(processes) => {}
+                    _ = &mut shutdown => return Ok(()),
+                }
+            }
+            Some(call) = calls.recv() => {
+                // One operation at a time; a shutdown abandons it where it is, which leaves
+                // what a crash there would (see `service`).
+                tokio::select! {
+                    _ = handle(control_plane, processes, call) => {}
+                    _ = &mut shutdown => return Ok(()),
+                }
             }
         }
     }
 }
 
-/// Runs one control request.
-async fn handle(
-    branches: &mut Branches,
-    processes: &mut Processes,
-    request: ControlRequest,
-) -> ControlResponse {
-    let result = match request {
-        ControlRequest::CreateBranch { name, parent, at } => branches
-            .create(processes, &name, &parent, at.as_deref())
-            .await
-            .map(|branch| ControlResponse::Created { branch }),
-        ControlRequest::ListBranches => Ok(ControlResponse::Branches {
-            branches: branches.list(),
-        }),
-        ControlRequest::DeleteBranch { name } => branches
-            .delete(processes, &name)
-            .await
-            .map(|branch| ControlResponse::Deleted { branch }),
-    };
-    result.unwrap_or_else(|e| {
-        match e.kind {
-            BranchErrorKind::Unavailable | BranchErrorKind::Internal => {
-                warn!("control request failed: {e}")
-            }
-            _ => info!("control request refused: {e}"),
+/// The most requests waiting for the launcher's task.
+pub const CALLS_QUEUED_MAX: usize = 256;
+
+async fn handle(control_plane: &mut service::ControlPlane, processes: &mut Processes, call: Call) {
+    match call {
+        Call::Api((request, reply)) => {
+            let _ = reply.send(api::dispatch(control_plane, processes, request).await);
         }
-        e.into()
-    })
+        Call::Proxy(call) => proxy::answer(control_plane, processes, call).await,
+    }
 }
 
 /// Resolves on SIGINT or SIGTERM.

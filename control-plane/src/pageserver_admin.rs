@@ -82,13 +82,12 @@ impl PageserverAdmin {
         &self,
         tenant: TenantId,
         timeline: TimelineId,
-        ancestor: TimelineId,
-        point: BranchPoint,
+        ancestor: Option<(TimelineId, BranchPoint)>,
     ) -> Result<TimelineInfo, PageserverCallError> {
         let request = Request::CreateTimeline {
             tenant,
             timeline,
-            ancestor: Some((ancestor, point)),
+            ancestor,
         };
         match self.call(&request).await? {
             Response::Timeline(info) if info.timeline == timeline => Ok(info),
@@ -181,15 +180,14 @@ mod tests {
             .create_timeline(
                 TENANT,
                 CHILD,
-                PARENT,
-                BranchPoint::Timestamp { unix_us: 42 },
+                Some((PARENT, BranchPoint::Timestamp { unix_us: 42 })),
             )
             .await
             .unwrap();
         assert_eq!(info.start_lsn(), Lsn(0x16B3748));
         assert_eq!(
             admin
-                .create_timeline(TENANT, CHILD, PARENT, BranchPoint::Latest)
+                .create_timeline(TENANT, CHILD, Some((PARENT, BranchPoint::Latest)))
                 .await,
             Err(PageserverCallError::Refused {
                 kind: ErrorKind::Conflict,

@@ -9,12 +9,18 @@ use std::time::{Duration, Instant, SystemTime};
 const START_TIMEOUT: Duration = Duration::from_secs(180);
 /// How long `omendb start` may take to stop on SIGTERM.
 const STOP_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long psql may take to connect, in seconds: the proxy starts a suspended endpoint's
+/// compute before it answers.
+pub const PSQL_CONNECT_TIMEOUT_SECS: u32 = 60;
+/// Environment variables that would point the `omendb` client commands elsewhere than the
+/// data folder they are given.
+const CLIENT_ENV: [&str; 3] = ["OMENDB_API", "OMENDB_API_TOKEN", "OMENDB_PROJECT"];
 
 /// A running `omendb start`; killed (with its children) if dropped without `stop`.
 pub struct Launcher {
     child: Option<Child>,
     pub data_dir: PathBuf,
-    /// The connection string it printed (main's).
+    /// The connection string it printed: main's, through the proxy on `port`.
     pub url: String,
 }
 
@@ -50,7 +56,10 @@ impl Launcher {
             .expect("omendb start printed its connection string");
         launcher.url = line.trim().to_string();
         assert!(
-            launcher.url.starts_with("postgres://"),
+            launcher.url.starts_with("postgres://omendb:")
+                && launcher
+                    .url
+                    .contains(&format!("@127.0.0.1:{port}/omendb?options=endpoint%3Dep-")),
             "omendb start printed {line:?}"
         );
         launcher
@@ -94,13 +103,17 @@ pub struct Output {
     pub stderr: String,
 }
 
-/// Runs `omendb <args>`.
+/// Runs `omendb <args>`, with the control plane found from `--data-dir` alone.
 pub fn omendb(args: &[&str]) -> Output {
-    let output = Command::new(env!("CARGO_BIN_EXE_omendb"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_omendb"));
+    command
         .args(args)
         .env("RUST_LOG", "warn")
-        .output()
-        .expect("run omendb");
+        .env("RUST_BACKTRACE", "0");
+    for name in CLIENT_ENV {
+        command.env_remove(name);
+    }
+    let output = command.output().expect("run omendb");
     Output {
         success: output.status.success(),
         stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
@@ -112,7 +125,7 @@ pub fn omendb(args: &[&str]) -> Output {
 pub fn try_psql(url: &str, sql: &str) -> Result<String, String> {
     let output = Command::new("psql")
         .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql, url])
-        .env("PGCONNECT_TIMEOUT", "10")
+        .env("PGCONNECT_TIMEOUT", PSQL_CONNECT_TIMEOUT_SECS.to_string())
         .output()
         .expect("run psql");
     if output.status.success() {
@@ -125,6 +138,14 @@ pub fn try_psql(url: &str, sql: &str) -> Result<String, String> {
 /// Runs one statement with psql; panics if it fails.
 pub fn psql(url: &str, sql: &str) -> String {
     try_psql(url, sql).unwrap_or_else(|e| panic!("psql {url} {sql:?}: {e}"))
+}
+
+/// The endpoint id a connection string names (`ep-...`, from `options=endpoint%3D...`).
+pub fn endpoint_of(url: &str) -> &str {
+    let (_, rest) = url
+        .split_once("options=endpoint%3D")
+        .unwrap_or_else(|| panic!("{url:?} names no endpoint"));
+    rest.split('&').next().unwrap_or(rest)
 }
 
 /// `time` in RFC 3339, UTC, with microseconds: `2024-05-01T12:00:00.123456Z`.
