@@ -15,7 +15,7 @@ use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 use serde_json::{json, Value};
 
-use crate::service::{BranchView, EndpointView};
+use crate::service::{percent_encode, BranchView, EndpointView};
 use crate::{ClusterEndpoints, ADMIN_TOKEN_FILE, CLUSTER_ENDPOINTS_FILE};
 
 /// How long one API request may take, in milliseconds (a branch creation waits for the
@@ -244,24 +244,20 @@ impl Api {
     }
 }
 
+/// Prints the API's answer as JSON with `--json`, else as `human` prints it.
+fn show(target: &Target, value: &Value, human: impl FnOnce(&Value)) {
+    if target.json {
+        print_json(value);
+    } else {
+        human(value);
+    }
+}
+
 fn print_json(value: &Value) {
     println!(
         "{}",
         serde_json::to_string_pretty(value).expect("JSON values print")
     );
-}
-
-/// Percent-encodes a path segment.
-fn segment(text: &str) -> String {
-    let mut out = String::new();
-    for b in text.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 pub async fn project(target: &Target, command: ProjectCommand) -> anyhow::Result<()> {
@@ -272,9 +268,7 @@ pub async fn project(target: &Target, command: ProjectCommand) -> anyhow::Result
             let value = api
                 .call(Method::POST, "/v1/projects", Some(json!({ "name": name })))
                 .await?;
-            if target.json {
-                print_json(&value);
-            } else {
+            show(target, &value, |value| {
                 eprintln!(
                     "created project {} ({}); its API token: {}",
                     value["project"]["id"].as_str().unwrap_or("?"),
@@ -282,13 +276,11 @@ pub async fn project(target: &Target, command: ProjectCommand) -> anyhow::Result
                     value["token"]["token"].as_str().unwrap_or("?"),
                 );
                 println!("{}", value["connection_uri"].as_str().unwrap_or(""));
-            }
+            });
         }
         ProjectCommand::List => {
             let value = api.call(Method::GET, "/v1/projects", None).await?;
-            if target.json {
-                print_json(&value);
-            } else {
+            show(target, &value, |value| {
                 let rows: Vec<Vec<String>> = value["projects"]
                     .as_array()
                     .into_iter()
@@ -296,21 +288,19 @@ pub async fn project(target: &Target, command: ProjectCommand) -> anyhow::Result
                     .map(|p| vec![text(&p["id"]), text(&p["name"])])
                     .collect();
                 print!("{}", format_table(&["ID", "NAME"], &rows));
-            }
+            });
         }
         ProjectCommand::Delete { project_id } => {
             let value = api
                 .call(
                     Method::DELETE,
-                    &format!("/v1/projects/{}", segment(&project_id)),
+                    &format!("/v1/projects/{}", percent_encode(&project_id)),
                     None,
                 )
                 .await?;
-            if target.json {
-                print_json(&value);
-            } else {
+            show(target, &value, |_| {
                 println!("deleted project {project_id}");
-            }
+            });
         }
     }
     Ok(())
@@ -393,38 +383,34 @@ pub async fn branch(target: &Target, command: BranchCommand) -> anyhow::Result<(
             let value = api
                 .call(
                     Method::DELETE,
-                    &api.project_path(&format!("/branches/{}", segment(&branch)))?,
+                    &api.project_path(&format!("/branches/{}", percent_encode(&branch)))?,
                     None,
                 )
                 .await?;
-            if target.json {
-                print_json(&value);
-            } else {
+            show(target, &value, |value| {
                 println!(
                     "deleted branch {} (timeline {})",
                     text(&value["branch"]["name"]),
                     text(&value["branch"]["timeline"])
                 );
-            }
+            });
         }
         BranchCommand::Reset { branch } => {
             let value = api
                 .call(
                     Method::POST,
-                    &api.project_path(&format!("/branches/{}/reset", segment(&branch)))?,
+                    &api.project_path(&format!("/branches/{}/reset", percent_encode(&branch)))?,
                     None,
                 )
                 .await?;
-            if target.json {
-                print_json(&value);
-            } else {
+            show(target, &value, |value| {
                 println!(
                     "reset branch {} to {} at {}",
                     text(&value["branch"]["name"]),
                     text(&value["branch"]["parent"]),
                     text(&value["branch"]["lsn"])
                 );
-            }
+            });
         }
     }
     Ok(())
@@ -472,7 +458,10 @@ pub async fn endpoint(target: &Target, command: EndpointCommand) -> anyhow::Resu
         EndpointCommand::Start { endpoint_id } => {
             api.call(
                 Method::POST,
-                &api.project_path(&format!("/endpoints/{}/start", segment(&endpoint_id)))?,
+                &api.project_path(&format!(
+                    "/endpoints/{}/start",
+                    percent_encode(&endpoint_id)
+                ))?,
                 None,
             )
             .await?
@@ -480,7 +469,10 @@ pub async fn endpoint(target: &Target, command: EndpointCommand) -> anyhow::Resu
         EndpointCommand::Suspend { endpoint_id } => {
             api.call(
                 Method::POST,
-                &api.project_path(&format!("/endpoints/{}/suspend", segment(&endpoint_id)))?,
+                &api.project_path(&format!(
+                    "/endpoints/{}/suspend",
+                    percent_encode(&endpoint_id)
+                ))?,
                 None,
             )
             .await?
@@ -491,7 +483,7 @@ pub async fn endpoint(target: &Target, command: EndpointCommand) -> anyhow::Resu
         } => {
             api.call(
                 Method::PATCH,
-                &api.project_path(&format!("/endpoints/{}", segment(&endpoint_id)))?,
+                &api.project_path(&format!("/endpoints/{}", percent_encode(&endpoint_id)))?,
                 Some(json!({ "idle_timeout_secs": idle_timeout_secs })),
             )
             .await?
@@ -499,7 +491,7 @@ pub async fn endpoint(target: &Target, command: EndpointCommand) -> anyhow::Resu
         EndpointCommand::Delete { endpoint_id } => {
             api.call(
                 Method::DELETE,
-                &api.project_path(&format!("/endpoints/{}", segment(&endpoint_id)))?,
+                &api.project_path(&format!("/endpoints/{}", percent_encode(&endpoint_id)))?,
                 None,
             )
             .await?
@@ -533,19 +525,15 @@ pub async fn role(target: &Target, command: RoleCommand) -> anyhow::Result<()> {
                     Some(json!({ "name": name, "password": password })),
                 )
                 .await?;
-            if target.json {
-                print_json(&value);
-            } else {
+            show(target, &value, |value| {
                 println!("{}", text(&value["role"]["password"]));
-            }
+            });
         }
         RoleCommand::List => {
             let value = api
                 .call(Method::GET, &api.project_path("/roles")?, None)
                 .await?;
-            if target.json {
-                print_json(&value);
-            } else {
+            show(target, &value, |value| {
                 let rows: Vec<Vec<String>> = value["roles"]
                     .as_array()
                     .into_iter()
@@ -553,35 +541,31 @@ pub async fn role(target: &Target, command: RoleCommand) -> anyhow::Result<()> {
                     .map(|r| vec![text(&r["name"])])
                     .collect();
                 print!("{}", format_table(&["NAME"], &rows));
-            }
+            });
         }
         RoleCommand::Password { name, password } => {
             let value = api
                 .call(
                     Method::POST,
-                    &api.project_path(&format!("/roles/{}/password", segment(&name)))?,
+                    &api.project_path(&format!("/roles/{}/password", percent_encode(&name)))?,
                     Some(json!({ "password": password })),
                 )
                 .await?;
-            if target.json {
-                print_json(&value);
-            } else {
+            show(target, &value, |value| {
                 println!("{}", text(&value["role"]["password"]));
-            }
+            });
         }
         RoleCommand::Delete { name } => {
             let value = api
                 .call(
                     Method::DELETE,
-                    &api.project_path(&format!("/roles/{}", segment(&name)))?,
+                    &api.project_path(&format!("/roles/{}", percent_encode(&name)))?,
                     None,
                 )
                 .await?;
-            if target.json {
-                print_json(&value);
-            } else {
+            show(target, &value, |_| {
                 println!("deleted role {name}");
-            }
+            });
         }
     }
     Ok(())
@@ -594,11 +578,9 @@ pub async fn token(target: &Target, command: TokenCommand) -> anyhow::Result<()>
             let value = api
                 .call(reqwest::Method::POST, &api.project_path("/tokens")?, None)
                 .await?;
-            if target.json {
-                print_json(&value);
-            } else {
+            show(target, &value, |value| {
                 println!("{}", text(&value["token"]["token"]));
-            }
+            });
         }
     }
     Ok(())
@@ -615,16 +597,14 @@ pub async fn connection_string(
     let mut query = Vec::new();
     for (name, value) in [("branch", branch), ("endpoint", endpoint), ("role", role)] {
         if let Some(value) = value {
-            query.push(format!("{name}={}", segment(value)));
+            query.push(format!("{name}={}", percent_encode(value)));
         }
     }
     let path = api.project_path(&format!("/connection_uri?{}", query.join("&")))?;
     let value = api.call(reqwest::Method::GET, &path, None).await?;
-    if target.json {
-        print_json(&value);
-    } else {
+    show(target, &value, |value| {
         println!("{}", text(&value["uri"]));
-    }
+    });
     Ok(())
 }
 
@@ -677,7 +657,7 @@ mod tests {
 
     #[test]
     fn path_segments_are_escaped() {
-        assert_eq!(segment("pr-1_a.b~"), "pr-1_a.b~");
-        assert_eq!(segment("a/b c"), "a%2Fb%20c");
+        assert_eq!(percent_encode("pr-1_a.b~"), "pr-1_a.b~");
+        assert_eq!(percent_encode("a/b c"), "a%2Fb%20c");
     }
 }

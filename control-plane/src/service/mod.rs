@@ -29,14 +29,24 @@
 //! not, so a token cannot probe for others); an admin token (no project) reaches all, and is
 //! the only one that creates projects.
 
+mod activity;
+mod model;
+mod rules;
+
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use ids::{Lsn, TenantId, TimelineId};
-use pageserver_api::{BranchPoint, ErrorKind as PageserverErrorKind, TimelineInfo};
-use ring::rand::SecureRandom;
-use serde::{Deserialize, Serialize};
+use ids::{TenantId, TimelineId};
+use pageserver_api::{BranchPoint, ErrorKind as PageserverErrorKind};
 use tracing::{info, warn};
+
+pub use activity::Activity;
+pub use model::*;
+pub use rules::{
+    new_id, new_password, new_token, parse_branch_point, percent_encode, token_hash,
+    validate_role_name,
+};
+use rules::{validate_idle_timeout, validate_password};
 
 use crate::pageserver_admin::PageserverCallError;
 use crate::registry::{validate_name, MAIN_BRANCH};
@@ -74,478 +84,11 @@ pub const OWNER_ROLE: &str = "omendb";
 /// The database name connection strings name (a compute serves one database).
 pub const DATABASE: &str = "omendb";
 
-/// What went wrong, coarsely, for the caller to act on (an HTTP status); the detail is in
-/// the message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ErrorKind {
-    BadRequest,
-    /// No token, or one the control plane does not know.
-    Unauthorized,
-    /// A token for another project.
-    Forbidden,
-    NotFound,
-    Conflict,
-    /// The pageserver or a compute did not do its part; trying again may help.
-    Unavailable,
-    /// A local failure (the store could not be written) or a bug.
-    Internal,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
-#[error("{message}")]
-pub struct ApiError {
-    pub kind: ErrorKind,
-    pub message: String,
-}
-
-pub fn api_error(kind: ErrorKind, message: impl Into<String>) -> ApiError {
-    ApiError {
-        kind,
-        message: message.into(),
-    }
-}
-
 fn internal(e: anyhow::Error) -> ApiError {
     api_error(ErrorKind::Internal, format!("{e:#}"))
 }
 
 type Result<T> = std::result::Result<T, ApiError>;
-
-/// What a compute is started with.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ComputeSpec {
-    pub endpoint: String,
-    pub timeline: TimelineId,
-    pub read_only: bool,
-}
-
-/// What the operations need from the running cluster.
-#[allow(async_fn_in_trait)] // Called from the control plane's own task only.
-pub trait Backend {
-    /// The pageserver's `CreateTimeline`: a root timeline, or a branch of an ancestor.
-    async fn create_timeline(
-        &mut self,
-        tenant: TenantId,
-        timeline: TimelineId,
-        ancestor: Option<(TimelineId, BranchPoint)>,
-    ) -> std::result::Result<TimelineInfo, PageserverCallError>;
-    /// The pageserver's `DeleteTimeline`.
-    async fn delete_timeline(
-        &mut self,
-        timeline: TimelineId,
-    ) -> std::result::Result<(), PageserverCallError>;
-    /// Starts a compute for `spec` (supervised from then on) and waits until it accepts
-    /// connections; returns its address.
-    async fn start_compute(&mut self, spec: &ComputeSpec) -> anyhow::Result<SocketAddr>;
-    /// Stops the compute of `endpoint`, if one runs, and waits until it has exited.
-    async fn stop_compute(&mut self, endpoint: &str);
-    /// The address of the running compute of `endpoint`.
-    fn compute_addr(&self, endpoint: &str) -> Option<SocketAddr>;
-    fn new_timeline_id(&mut self) -> TimelineId;
-}
-
-/// Who a request speaks for.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Scope {
-    Admin,
-    Project(String),
-}
-
-impl Scope {
-    pub fn check(&self, project_id: &str) -> Result<()> {
-        match self {
-            Scope::Admin => Ok(()),
-            Scope::Project(own) if own == project_id => Ok(()),
-            Scope::Project(own) => Err(api_error(
-                ErrorKind::Forbidden,
-                format!(
-                    "this token is for project {own}; it gives no access to project {project_id}"
-                ),
-            )),
-        }
-    }
-}
-
-/// Where clients connect: the proxy's address as connection strings show it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProxyAddress {
-    /// Host name or address in connection strings (`127.0.0.1` locally).
-    pub host: String,
-    pub port: u16,
-    /// Endpoints are `<endpoint>.<domain>` by TLS SNI.
-    pub domain: String,
-}
-
-// --- views: what the API returns ---
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ProjectView {
-    pub id: String,
-    pub name: String,
-    pub created_at: i64,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BranchView {
-    pub id: String,
-    pub project_id: String,
-    pub name: String,
-    pub parent_id: Option<String>,
-    /// The parent's name.
-    pub parent: Option<String>,
-    /// The parent's LSN it starts at (PostgreSQL's spelling); `None` for a root branch.
-    pub lsn: Option<String>,
-    pub timeline: String,
-    pub created_at: i64,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum EndpointState {
-    Running,
-    Suspended,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct EndpointView {
-    pub id: String,
-    pub project_id: String,
-    pub branch_id: String,
-    pub branch: String,
-    #[serde(rename = "type")]
-    pub kind: EndpointKind,
-    pub idle_timeout_secs: u64,
-    pub state: EndpointState,
-    /// `<endpoint>.<domain>`: the TLS server name that routes to it.
-    pub host: String,
-    pub created_at: i64,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RoleView {
-    pub name: String,
-    pub created_at: i64,
-}
-
-/// A role with its password, returned when one is made or set.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RoleWithPassword {
-    pub name: String,
-    pub password: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TokenView {
-    pub id: String,
-    pub project_id: Option<String>,
-    /// The token itself: shown once, only its hash is kept.
-    pub token: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CreatedProject {
-    pub project: ProjectView,
-    pub branch: BranchView,
-    pub endpoint: EndpointView,
-    pub role: RoleWithPassword,
-    pub token: TokenView,
-    pub connection_uri: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CreatedBranch {
-    pub branch: BranchView,
-    /// The read-write endpoint made with it, unless the request asked for none.
-    pub endpoint: Option<EndpointView>,
-    /// Through that endpoint, as the project's owner role, if its password is known.
-    pub connection_uri: Option<String>,
-}
-
-/// What the proxy needs to authenticate a connection to an endpoint.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EndpointAuth {
-    pub project_id: String,
-    /// The role's SCRAM secret; `None` if the project has no such role.
-    pub secret: Option<ScramSecret>,
-}
-
-// --- requests ---
-
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CreateProject {
-    pub name: Option<String>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CreateBranch {
-    pub name: String,
-    /// Parent branch id or name; default `main`.
-    pub parent: Option<String>,
-    /// An LSN (`0/16B3748`) or an RFC 3339 time in UTC; default the parent's head.
-    pub at: Option<String>,
-    /// Make a read-write endpoint for it (default true).
-    pub endpoint: Option<bool>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CreateEndpoint {
-    /// Branch id or name.
-    pub branch: String,
-    #[serde(rename = "type")]
-    pub kind: Option<EndpointKind>,
-    pub idle_timeout_secs: Option<u64>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct UpdateEndpoint {
-    pub idle_timeout_secs: Option<u64>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CreateRole {
-    pub name: String,
-    /// Generated when absent.
-    pub password: Option<String>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SetPassword {
-    /// Generated when absent.
-    pub password: Option<String>,
-}
-
-/// Characters of generated ids.
-const ID_ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
-/// Characters of generated passwords and tokens.
-const SECRET_ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
-
-/// `n` characters of `alphabet` from the system's secure random source (rejection sampling,
-/// so every character is equally likely).
-fn random_chars(alphabet: &[u8], n: usize) -> String {
-    let rng = ring::rand::SystemRandom::new();
-    let limit = 256 - 256 % alphabet.len();
-    let mut out = String::with_capacity(n);
-    let mut buf = [0u8; 64];
-    while out.len() < n {
-        rng.fill(&mut buf)
-            .expect("the system's random source works");
-        for &b in &buf {
-            if (b as usize) < limit && out.len() < n {
-                out.push(alphabet[b as usize % alphabet.len()] as char);
-            }
-        }
-    }
-    out
-}
-
-pub fn new_id(prefix: &str) -> String {
-    format!("{prefix}-{}", random_chars(ID_ALPHABET, ID_RANDOM_CHARS))
-}
-
-pub fn new_password() -> String {
-    random_chars(SECRET_ALPHABET, PASSWORD_CHARS)
-}
-
-pub fn new_token() -> String {
-    format!(
-        "omendb_{}",
-        random_chars(SECRET_ALPHABET, TOKEN_RANDOM_CHARS)
-    )
-}
-
-/// The hex SHA-256 of a token: what the store keeps.
-pub fn token_hash(token: &str) -> String {
-    let digest = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
-    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Checks a role name: `[a-z_][a-z0-9_]*`, at most 63 bytes (an unquoted PostgreSQL name).
-pub fn validate_role_name(name: &str) -> std::result::Result<(), String> {
-    let bytes = name.as_bytes();
-    match bytes.first() {
-        None => return Err("a role name cannot be empty".into()),
-        Some(b) if !(b.is_ascii_lowercase() || *b == b'_') => {
-            return Err(format!(
-                "role name {name:?} must start with a lowercase letter or '_'"
-            ))
-        }
-        _ => {}
-    }
-    if bytes.len() > ROLE_NAME_BYTES_MAX {
-        return Err(format!(
-            "role name {name:?} is {} bytes long; the limit is {ROLE_NAME_BYTES_MAX}",
-            bytes.len()
-        ));
-    }
-    if let Some(bad) = name
-        .chars()
-        .find(|&c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'))
-    {
-        return Err(format!(
-            "role name {name:?} contains {bad:?}; use lowercase letters, digits and '_'"
-        ));
-    }
-    Ok(())
-}
-
-fn validate_password(password: &str) -> Result<()> {
-    if password.is_empty() {
-        return Err(api_error(
-            ErrorKind::BadRequest,
-            "a password cannot be empty",
-        ));
-    }
-    if password.len() > PASSWORD_BYTES_MAX {
-        return Err(api_error(
-            ErrorKind::BadRequest,
-            format!("a password is at most {PASSWORD_BYTES_MAX} bytes"),
-        ));
-    }
-    if password.contains('\0') {
-        return Err(api_error(
-            ErrorKind::BadRequest,
-            "a password cannot contain NUL",
-        ));
-    }
-    Ok(())
-}
-
-fn validate_idle_timeout(secs: u64) -> Result<u64> {
-    if secs > IDLE_TIMEOUT_SECS_MAX {
-        return Err(api_error(
-            ErrorKind::BadRequest,
-            format!("idle_timeout_secs is at most {IDLE_TIMEOUT_SECS_MAX} (0: never suspend)"),
-        ));
-    }
-    Ok(secs)
-}
-
-/// Parses a branch point: absent is the parent's latest commit; `HI/LO` in hex (`0/16B3748`)
-/// an LSN; otherwise an RFC 3339 time in UTC (`2024-05-01T12:00:00Z`, fractions of a second
-/// allowed, the `Z` optional).
-pub fn parse_branch_point(at: Option<&str>) -> std::result::Result<BranchPoint, String> {
-    let Some(at) = at else {
-        return Ok(BranchPoint::Latest);
-    };
-    if at.contains('/') {
-        return at
-            .parse::<Lsn>()
-            .map(BranchPoint::Lsn)
-            .map_err(|e| format!("--at {at:?} is not an LSN: {e}"));
-    }
-    let time = check_rfc3339_tail(at)
-        .and_then(|()| humantime::parse_rfc3339_weak(at))
-        .map_err(|e| {
-            format!(
-                "--at {at:?} is neither an LSN (like 0/16B3748) nor an RFC 3339 time in UTC \
-             (like 2024-05-01T12:00:00Z): {e}"
-            )
-        })?;
-    let since_epoch = time
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_err(|_| format!("--at {at:?} is before 1970"))?;
-    let unix_us = u64::try_from(since_epoch.as_micros())
-        .map_err(|_| format!("--at {at:?} is too far in the future"))?;
-    Ok(BranchPoint::Timestamp { unix_us })
-}
-
-/// What `humantime::parse_rfc3339_weak` lets through after the seconds unchecked (it
-/// ignores anything after a `Z`): the rest must be `[.digits][Z|+00:00]`.
-fn check_rfc3339_tail(at: &str) -> std::result::Result<(), humantime::TimestampError> {
-    let Some(mut tail) = at.get(19..) else {
-        return Ok(()); // Too short, or not ASCII: the parser refuses it.
-    };
-    if let Some(fraction) = tail.strip_prefix('.') {
-        let digits = fraction.bytes().take_while(u8::is_ascii_digit).count();
-        tail = &fraction[digits..];
-    }
-    match tail {
-        "" | "Z" | "+00:00" => Ok(()),
-        _ => Err(humantime::TimestampError::InvalidFormat),
-    }
-}
-
-/// Percent-encodes a connection-string component (RFC 3986 unreserved characters stay).
-fn percent_encode(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for b in text.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
-/// The activity the proxy reports: open connections per endpoint, and when the last one
-/// closed. Shared between the proxy's tasks and the control plane.
-#[derive(Debug, Default)]
-pub struct Activity {
-    endpoints: std::sync::Mutex<std::collections::HashMap<String, EndpointActivity>>,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct EndpointActivity {
-    open: u64,
-    last: Instant,
-}
-
-impl Activity {
-    /// A connection to `endpoint` opens (counted before its compute is woken, so that it
-    /// cannot be suspended between waking and connecting).
-    pub fn open(&self, endpoint: &str) {
-        let mut map = self.endpoints.lock().expect("activity lock");
-        let entry = map.entry(endpoint.to_string()).or_insert(EndpointActivity {
-            open: 0,
-            last: Instant::now(),
-        });
-        entry.open += 1;
-        entry.last = Instant::now();
-    }
-
-    pub fn close(&self, endpoint: &str) {
-        let mut map = self.endpoints.lock().expect("activity lock");
-        if let Some(entry) = map.get_mut(endpoint) {
-            entry.open = entry.open.saturating_sub(1);
-            entry.last = Instant::now();
-        }
-    }
-
-    /// Marks `endpoint` active now (a start through the API).
-    pub fn touch(&self, endpoint: &str) {
-        let mut map = self.endpoints.lock().expect("activity lock");
-        let entry = map.entry(endpoint.to_string()).or_insert(EndpointActivity {
-            open: 0,
-            last: Instant::now(),
-        });
-        entry.last = Instant::now();
-    }
-
-    /// How long `endpoint` has had no open connection; `None` while one is open.
-    pub fn idle_for(&self, endpoint: &str, now: Instant) -> Option<Duration> {
-        let map = self.endpoints.lock().expect("activity lock");
-        match map.get(endpoint) {
-            Some(entry) if entry.open > 0 => None,
-            Some(entry) => Some(now.saturating_duration_since(entry.last)),
-            None => Some(Duration::MAX),
-        }
-    }
-
-    pub fn forget(&self, endpoint: &str) {
-        self.endpoints
-            .lock()
-            .expect("activity lock")
-            .remove(endpoint);
-    }
-}
 
 /// The control plane's state and operations.
 pub struct ControlPlane {
@@ -945,6 +488,22 @@ impl ControlPlane {
         })
     }
 
+    /// Refuses (409) an operation on a branch that other branches start from.
+    fn refuse_if_branched_from(&self, row: &BranchRow, consequence: &str) -> Result<()> {
+        let children = self.store.has_children(&row.id).map_err(internal)?;
+        if children.is_empty() {
+            return Ok(());
+        }
+        Err(api_error(
+            ErrorKind::Conflict,
+            format!(
+                "branch {} has branches of its own ({}); {consequence}",
+                row.name,
+                children.join(", ")
+            ),
+        ))
+    }
+
     /// Deletes a branch and its endpoints; refused for a project's root branch and for a
     /// branch others branch from.
     pub async fn delete_branch(
@@ -964,17 +523,7 @@ impl ControlPlane {
                 ),
             ));
         }
-        let children = self.store.has_children(&row.id).map_err(internal)?;
-        if !children.is_empty() {
-            return Err(api_error(
-                ErrorKind::Conflict,
-                format!(
-                    "branch {} has branches of its own ({}); delete them first",
-                    row.name,
-                    children.join(", ")
-                ),
-            ));
-        }
+        self.refuse_if_branched_from(&row, "delete them first")?;
         let view = self.branch_view(&row)?;
         let endpoints = self.store.endpoints_of_branch(&row.id).map_err(internal)?;
         self.store.delete_branch(&row).map_err(internal)?;
@@ -1008,18 +557,10 @@ impl ControlPlane {
                 ),
             ));
         };
-        let children = self.store.has_children(&row.id).map_err(internal)?;
-        if !children.is_empty() {
-            return Err(api_error(
-                ErrorKind::Conflict,
-                format!(
-                    "branch {} has branches of its own ({}); they start from its current state, \
-                     so it cannot be reset",
-                    row.name,
-                    children.join(", ")
-                ),
-            ));
-        }
+        self.refuse_if_branched_from(
+            &row,
+            "they start from its current state, so it cannot be reset",
+        )?;
         let parent = self
             .store
             .branch(&parent_id)
@@ -1391,6 +932,18 @@ impl ControlPlane {
 
     // --- roles ---
 
+    fn role_row(&self, project_id: &str, role: &str) -> Result<RoleRow> {
+        self.store
+            .role(project_id, role)
+            .map_err(internal)?
+            .ok_or_else(|| {
+                api_error(
+                    ErrorKind::NotFound,
+                    format!("project {project_id} has no role {role:?}"),
+                )
+            })
+    }
+
     pub fn list_roles(&self, scope: &Scope, project_id: &str) -> Result<Vec<RoleView>> {
         self.project_row(scope, project_id)?;
         Ok(self
@@ -1421,13 +974,7 @@ impl ControlPlane {
                 ),
             ));
         }
-        let password = match request.password {
-            Some(password) => {
-                validate_password(&password)?;
-                password
-            }
-            None => new_password(),
-        };
+        let password = chosen_password(request.password)?;
         let row = RoleRow {
             project_id: project_id.into(),
             name: request.name.clone(),
@@ -1458,24 +1005,8 @@ impl ControlPlane {
         request: SetPassword,
     ) -> Result<RoleWithPassword> {
         self.project_row(scope, project_id)?;
-        if self
-            .store
-            .role(project_id, role)
-            .map_err(internal)?
-            .is_none()
-        {
-            return Err(api_error(
-                ErrorKind::NotFound,
-                format!("project {project_id} has no role {role:?}"),
-            ));
-        }
-        let password = match request.password {
-            Some(password) => {
-                validate_password(&password)?;
-                password
-            }
-            None => new_password(),
-        };
+        self.role_row(project_id, role)?;
+        let password = chosen_password(request.password)?;
         self.store
             .set_role_secret(
                 project_id,
@@ -1492,12 +1023,7 @@ impl ControlPlane {
 
     pub fn delete_role(&mut self, scope: &Scope, project_id: &str, role: &str) -> Result<RoleView> {
         self.project_row(scope, project_id)?;
-        let Some(row) = self.store.role(project_id, role).map_err(internal)? else {
-            return Err(api_error(
-                ErrorKind::NotFound,
-                format!("project {project_id} has no role {role:?}"),
-            ));
-        };
+        let row = self.role_row(project_id, role)?;
         self.store.delete_role(project_id, role).map_err(internal)?;
         Ok(RoleView {
             name: row.name,
@@ -1561,16 +1087,7 @@ impl ControlPlane {
             }
         };
         let role_name = role.unwrap_or(OWNER_ROLE);
-        let role = self
-            .store
-            .role(project_id, role_name)
-            .map_err(internal)?
-            .ok_or_else(|| {
-                api_error(
-                    ErrorKind::NotFound,
-                    format!("project {project_id} has no role {role_name:?}"),
-                )
-            })?;
+        let role = self.role_row(project_id, role_name)?;
         let password = role.password.ok_or_else(|| {
             api_error(
                 ErrorKind::Conflict,
@@ -1578,6 +1095,17 @@ impl ControlPlane {
             )
         })?;
         Ok(self.connection_uri(&endpoint.id, role_name, &password))
+    }
+}
+
+/// The password a request gives (checked), or a generated one.
+fn chosen_password(given: Option<String>) -> Result<String> {
+    match given {
+        Some(password) => {
+            validate_password(&password)?;
+            Ok(password)
+        }
+        None => Ok(new_password()),
     }
 }
 
@@ -1597,81 +1125,5 @@ fn pageserver_error(e: &PageserverCallError, doing: &str) -> ApiError {
             ErrorKind::Unavailable,
             format!("{doing}: {e}; nothing was kept"),
         ),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn branch_points_parse_from_lsns_and_rfc3339_times() {
-        assert_eq!(parse_branch_point(None), Ok(BranchPoint::Latest));
-        assert_eq!(
-            parse_branch_point(Some("0/16B3748")),
-            Ok(BranchPoint::Lsn(Lsn(0x16B3748)))
-        );
-        assert_eq!(
-            parse_branch_point(Some("1/0")),
-            Ok(BranchPoint::Lsn(Lsn(1 << 32)))
-        );
-        let expected = BranchPoint::Timestamp {
-            unix_us: 1_714_564_800_000_000,
-        };
-        for time in [
-            "2024-05-01T12:00:00Z",
-            "2024-05-01T12:00:00",
-            "2024-05-01 12:00:00",
-            "2024-05-01T12:00:00+00:00",
-        ] {
-            assert_eq!(parse_branch_point(Some(time)), Ok(expected), "{time}");
-        }
-        assert_eq!(
-            parse_branch_point(Some("2024-05-01T12:00:00.123456Z")),
-            Ok(BranchPoint::Timestamp {
-                unix_us: 1_714_564_800_123_456
-            })
-        );
-        for (bad, says) in [
-            ("0/xyz", "not an LSN"),
-            ("/", "not an LSN"),
-            ("yesterday", "neither an LSN"),
-            ("2024-05-01T12:00:00+02:00", "neither an LSN"),
-            ("2024-13-01T12:00:00Z", "neither an LSN"),
-            ("1969-12-31T23:59:59Z", "neither an LSN"),
-            ("2024-05-01T12:00:00Zé", "neither an LSN"),
-            ("2024-05-01T12:00:00Z tomorrow", "neither an LSN"),
-            ("2024-05-01T12:00:00.5+00:00x", "neither an LSN"),
-            ("2024-05-01T12:00:0é", "neither an LSN"),
-            ("", "neither an LSN"),
-        ] {
-            let message = parse_branch_point(Some(bad)).unwrap_err();
-            assert!(message.contains(says), "{bad:?}: {message}");
-        }
-    }
-
-    #[test]
-    fn role_names_ids_and_tokens_follow_their_rules() {
-        for good in ["omendb", "_x", "app_1", &"a".repeat(63)] {
-            assert_eq!(validate_role_name(good), Ok(()), "{good:?}");
-        }
-        for (bad, says) in [
-            ("", "empty"),
-            ("1a", "start with"),
-            ("A", "start with"),
-            ("a-b", "contains '-'"),
-            (&"a".repeat(64), "the limit is 63"),
-        ] {
-            let error = validate_role_name(bad).unwrap_err();
-            assert!(error.contains(says), "{bad:?}: {error}");
-        }
-        let id = new_id("ep");
-        assert!(crate::proxy::routing::is_endpoint_id(&id), "{id}");
-        assert_ne!(new_id("ep"), id);
-        let token = new_token();
-        assert_eq!(token.len(), "omendb_".len() + TOKEN_RANDOM_CHARS);
-        assert_eq!(token_hash(&token), token_hash(&token));
-        assert_ne!(token_hash(&token), token_hash(&new_token()));
-        assert_eq!(token_hash(&token).len(), 64);
     }
 }
