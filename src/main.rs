@@ -186,6 +186,9 @@ enum Command {
         /// How long start-up may spend winning the election.
         #[arg(long, default_value_t = 60_000)]
         election_timeout_ms: u64,
+        /// Serve reads only, following the pageserver (no election, writes refused).
+        #[arg(long)]
+        read_only: bool,
     },
 }
 
@@ -312,6 +315,7 @@ fn main() -> anyhow::Result<()> {
                 timeline,
                 commit_timeout_ms,
                 election_timeout_ms,
+                read_only,
             } => {
                 let config = compute::Config {
                     listen,
@@ -320,6 +324,7 @@ fn main() -> anyhow::Result<()> {
                     timeline,
                     commit_timeout: Duration::from_millis(commit_timeout_ms),
                     election_timeout: Duration::from_millis(election_timeout_ms),
+                    read_only,
                 };
                 compute::run(config, shutdown).await
             }

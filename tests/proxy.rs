@@ -330,3 +330,65 @@ fn an_idle_endpoint_stops_and_the_next_connection_starts_it_with_every_commit() 
     cluster.stop();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_read_only_endpoint_follows_its_branch_and_refuses_writes() {
+    let dir = fresh_dir("read-only");
+    let port = free_addr().port();
+    let cluster = Launcher::start(&dir, port);
+    let url = cluster.url.clone();
+    psql(&url, "CREATE TABLE seen (id int PRIMARY KEY)");
+    psql(&url, "INSERT INTO seen VALUES (1), (2)");
+
+    let created = cli_json(&dir, &["endpoint", "create", "--read-only"]);
+    assert_eq!(created["endpoint"]["type"], "read_only", "{created}");
+    let replica = created["endpoint"]["id"].as_str().expect("id").to_string();
+    let printed = omendb(&[
+        "connection-string",
+        "--endpoint",
+        &replica,
+        "--data-dir",
+        &dir.display().to_string(),
+    ]);
+    assert!(printed.success, "{printed:?}");
+    let replica_url = printed.stdout.trim().to_string();
+    assert!(replica_url.contains(&replica), "{replica_url}");
+
+    // It reads what the primary committed before it started...
+    assert_eq!(psql(&replica_url, "SELECT sum(id) FROM seen"), "3");
+    // ...refuses writes as a standby does...
+    for write in [
+        "INSERT INTO seen VALUES (3)",
+        "CREATE TABLE other (id int PRIMARY KEY)",
+        "DELETE FROM seen",
+    ] {
+        let refused = try_psql(&replica_url, write).expect_err("a write on a read-only endpoint");
+        assert!(
+            refused.contains("read-only transaction"),
+            "{write}: {refused}"
+        );
+    }
+    // ...and sees what the primary commits later, schema changes included.
+    psql(&url, "INSERT INTO seen VALUES (3)");
+    psql(&url, "CREATE TABLE later (v text PRIMARY KEY)");
+    psql(&url, "INSERT INTO later VALUES ('x')");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let sum = psql(&replica_url, "SELECT sum(id) FROM seen");
+        let later = try_psql(&replica_url, "SELECT v FROM later");
+        if sum == "6" && later.as_deref() == Ok("x") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the replica did not catch up: sum {sum}, later {later:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Both computes run at once; the primary still writes.
+    assert_eq!(endpoint_state(&dir, &replica), "running");
+    psql(&url, "INSERT INTO seen VALUES (4)");
+    assert_eq!(psql(&url, "SELECT count(*) FROM seen"), "4");
+    cluster.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+}

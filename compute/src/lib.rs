@@ -46,6 +46,9 @@ pub struct Config {
     /// How long start-up may spend learning where the timeline starts (from the
     /// pageserver) and winning the election, together.
     pub election_timeout: Duration,
+    /// Serve reads only, at the pageserver's newest applied LSN, without a WAL proposer
+    /// (no election: any number of read-only computes run beside the primary).
+    pub read_only: bool,
 }
 
 /// Pause between attempts to learn the timeline's start from a pageserver that is not
@@ -97,7 +100,8 @@ async fn timeline_start(
     }
 }
 
-/// Becomes the primary for the timeline, then serves PostgreSQL clients until `shutdown`.
+/// Becomes the primary for the timeline (or, read-only, follows the pageserver), then serves
+/// PostgreSQL clients until `shutdown`.
 pub async fn run(
     config: Config,
     shutdown: impl std::future::Future<Output = ()> + Send,
@@ -105,27 +109,45 @@ pub async fn run(
     let deadline = tokio::time::Instant::now() + config.election_timeout;
     let pageserver = PageserverClient::new(config.pageserver, config.timeline);
     let start_lsn = timeline_start(&pageserver, config.timeline, deadline).await?;
-    let proposer = WalProposer::elect(
-        ProposerConfig {
-            timeline: config.timeline,
-            start_lsn,
-            safekeepers: config.safekeepers.clone(),
-        },
-        deadline.saturating_duration_since(tokio::time::Instant::now()),
-    )
-    .await
-    .context("becoming the primary")?;
-    let engine = Engine::open(proposer, pageserver, config.commit_timeout)
+    let engine = if config.read_only {
+        let lsn = pageserver
+            .timeline_info()
+            .await
+            .context("asking the pageserver how far it has applied the WAL")?
+            .last_record_lsn;
+        Engine::open_read_only(pageserver, lsn.max(start_lsn)).await
+    } else {
+        let proposer = WalProposer::elect(
+            ProposerConfig {
+                timeline: config.timeline,
+                start_lsn,
+                safekeepers: config.safekeepers.clone(),
+            },
+            deadline.saturating_duration_since(tokio::time::Instant::now()),
+        )
         .await
-        .map_err(|e| anyhow::anyhow!("loading the catalog: {e}"))?;
+        .context("becoming the primary")?;
+        Engine::open(proposer, pageserver, config.commit_timeout).await
+    }
+    .map_err(|e| anyhow::anyhow!("loading the catalog: {e}"))?;
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding {}", config.listen))?;
-    info!(
-        "compute listening on {} (term {})",
-        listener.local_addr()?,
-        engine.proposer.term()
-    );
+    if engine.is_read_only() {
+        info!(
+            "read-only compute listening on {} (at {})",
+            listener.local_addr()?,
+            engine.snapshot_lsn()
+        );
+    } else {
+        info!(
+            "compute listening on {} (term {})",
+            listener.local_addr()?,
+            engine.term()
+        );
+    }
+    let follower = tokio::spawn(engine.clone().follow());
+    let _abort_follower = AbortOnDrop(follower);
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -144,6 +166,15 @@ pub async fn run(
     }
     info!("compute stopped");
     Ok(())
+}
+
+/// Aborts a background task when the scope that owns it ends.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 #[cfg(test)]

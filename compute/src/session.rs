@@ -27,7 +27,7 @@ use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 use datafusion::sql::sqlparser::parser::Parser;
 
 use crate::catalog::{ColumnDef, TableDef, KEY_COLUMN};
-use crate::engine::{pageserver_error, Engine, Txn};
+use crate::engine::{pageserver_error, read_only_error, Engine, Txn};
 use crate::error::{from_datafusion, sqlstate, SqlError};
 use crate::provider::{OmenTable, ReadPath, READ_PATH_SETTING};
 use crate::rowcodec::{self, ColumnType};
@@ -494,6 +494,9 @@ impl Session {
                 self.txn = None;
                 return Ok(Outcome::Command("ROLLBACK".into()));
             }
+            Statement::Vacuum(_) if self.engine.is_read_only() => {
+                return Err(read_only_error("VACUUM"));
+            }
             Statement::Vacuum(vacuum) => return self.vacuum(vacuum).await,
             _ => {}
         }
@@ -543,6 +546,20 @@ impl Session {
         stmt: &Statement,
         params: &[ScalarValue],
     ) -> Result<Outcome, SqlError> {
+        if self.engine.is_read_only() {
+            let write = match stmt {
+                Statement::Insert(_) => Some("INSERT"),
+                Statement::Update(_) => Some("UPDATE"),
+                Statement::Delete(_) => Some("DELETE"),
+                Statement::CreateTable(_) => Some("CREATE TABLE"),
+                Statement::Drop { .. } => Some("DROP"),
+                Statement::Copy { to: false, .. } => Some("COPY FROM"),
+                _ => None,
+            };
+            if let Some(write) = write {
+                return Err(read_only_error(write));
+            }
+        }
         match stmt {
             Statement::Query(query) => {
                 let (schema, batches) = self.run_query(stmt, params, None).await?;
@@ -625,7 +642,7 @@ impl Session {
             }
             None => None,
         };
-        let lsn = self.engine.proposer.commit_lsn();
+        let lsn = self.engine.snapshot_lsn();
         self.engine
             .pageserver
             .compact(table, lsn)

@@ -410,7 +410,7 @@ struct ComputeSettings {
 impl ComputeSettings {
     fn component(&self, spec: &ComputeSpec, port: u16, log: PathBuf) -> anyhow::Result<Component> {
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
-        let args = vec![
+        let mut args = vec![
             "compute".into(),
             "--listen".into(),
             addr.to_string(),
@@ -423,6 +423,9 @@ impl ComputeSettings {
             "--commit-timeout-ms".into(),
             self.commit_timeout_ms.to_string(),
         ];
+        if spec.read_only {
+            args.push("--read-only".into());
+        }
         Ok(Component {
             name: format!("compute-{}", spec.endpoint),
             args,

@@ -609,6 +609,102 @@ fn constant_time_eq(a: &[u8; SCRAM_KEY_BYTES], b: &[u8; SCRAM_KEY_BYTES]) -> boo
     std::hint::black_box(difference) == 0
 }
 
+/// What a client's side of the exchange computes, from the password and the
+/// server-first-message: the client-final-message to send and the server-final-message a
+/// server that knows the secret must answer.
+#[derive(Debug)]
+pub struct ClientProof {
+    pub client_final: String,
+    pub expected_server_final: String,
+}
+
+/// A fresh client nonce (printable, no commas): 18 random bytes in base64.
+pub fn client_nonce() -> String {
+    let mut bytes = [0u8; 18];
+    fill_random(&mut bytes);
+    STANDARD.encode(bytes)
+}
+
+/// The client side of SCRAM-SHA-256 (RFC 5802/7677) after the server-first-message:
+/// checks that the server's nonce extends the client's (from `client_first_bare`), then
+/// derives the proof from `password`. `gs2_header` is what the client-first-message began
+/// with (`n,,` without channel binding).
+pub fn client_proof(
+    password: &str,
+    gs2_header: &str,
+    client_first_bare: &str,
+    server_first: &str,
+) -> Result<ClientProof, ScramError> {
+    let client_nonce = client_first_bare
+        .split(',')
+        .find_map(|a| a.strip_prefix("r="))
+        .ok_or_else(|| protocol("the client-first-message has no nonce"))?;
+    let mut nonce = None;
+    let mut salt = None;
+    let mut iterations = None;
+    for attribute in server_first.split(',') {
+        match attribute.split_at_checked(2) {
+            Some(("r=", value)) => nonce = Some(value),
+            Some(("s=", value)) => {
+                salt = Some(
+                    STANDARD
+                        .decode(value)
+                        .map_err(|_| protocol("the server's salt is not base64"))?,
+                )
+            }
+            Some(("i=", value)) => {
+                iterations = Some(
+                    value
+                        .parse::<u32>()
+                        .ok()
+                        .and_then(NonZeroU32::new)
+                        .ok_or_else(|| protocol("the server's iteration count is not a positive number"))?,
+                )
+            }
+            _ => return Err(protocol(format!("unexpected attribute in server-first-message: {attribute:?}"))),
+        }
+    }
+    let (Some(nonce), Some(salt), Some(iterations)) = (nonce, salt, iterations) else {
+        return Err(protocol("the server-first-message lacks r=, s= or i="));
+    };
+    if !nonce.starts_with(client_nonce) || nonce.len() == client_nonce.len() {
+        return Err(protocol("the server's nonce does not extend the client's"));
+    }
+    let mut salted_password = [0u8; SCRAM_KEY_BYTES];
+    pbkdf2::derive(
+        pbkdf2::PBKDF2_HMAC_SHA256,
+        iterations,
+        &salt,
+        password.as_bytes(),
+        &mut salted_password,
+    );
+    let key = hmac::Key::new(hmac::HMAC_SHA256, &salted_password);
+    let client_key = hmac::sign(&key, b"Client Key");
+    let stored_key = digest::digest(&digest::SHA256, client_key.as_ref());
+    let server_key = hmac::sign(&key, b"Server Key");
+
+    let without_proof = format!("c={},r={nonce}", STANDARD.encode(gs2_header));
+    let auth_message = format!("{client_first_bare},{server_first},{without_proof}");
+    let client_signature = hmac::sign(
+        &hmac::Key::new(hmac::HMAC_SHA256, stored_key.as_ref()),
+        auth_message.as_bytes(),
+    );
+    let proof: Vec<u8> = client_key
+        .as_ref()
+        .iter()
+        .zip(client_signature.as_ref())
+        .map(|(k, s)| k ^ s)
+        .collect();
+    let server_signature = hmac::sign(
+        &hmac::Key::new(hmac::HMAC_SHA256, server_key.as_ref()),
+        auth_message.as_bytes(),
+    );
+    Ok(ClientProof {
+        client_final: format!("{without_proof},p={}", STANDARD.encode(proof)),
+        expected_server_final: format!("v={}", STANDARD.encode(server_signature.as_ref())),
+    })
+}
+
 /// Fills `bytes` from the operating system's random number generator.
 fn fill_random(bytes: &mut [u8]) {
     SystemRandom::new()
@@ -684,69 +780,6 @@ mod tests {
         );
     }
 
-    /// What a client's side of the exchange computes, from the password and the
-    /// server-first-message.
-    struct ClientProof {
-        client_final: String,
-        expected_server_final: String,
-    }
-
-    /// Computes the client-final-message as a client knowing `password` would.
-    fn client_proof(
-        password: &str,
-        gs2_header: &str,
-        client_first_bare: &str,
-        server_first: &str,
-    ) -> ClientProof {
-        let mut nonce = None;
-        let mut salt = None;
-        let mut iterations = None;
-        for attribute in server_first.split(',') {
-            let (name, value) = attribute.split_at(2);
-            match name {
-                "r=" => nonce = Some(value.to_owned()),
-                "s=" => salt = Some(STANDARD.decode(value).expect("the salt is base64")),
-                "i=" => iterations = Some(value.parse::<u32>().expect("i= is a number")),
-                other => panic!("unexpected attribute {other} in server-first"),
-            }
-        }
-        let (nonce, salt, iterations) = (nonce.unwrap(), salt.unwrap(), iterations.unwrap());
-
-        let mut salted_password = [0u8; SCRAM_KEY_BYTES];
-        pbkdf2::derive(
-            pbkdf2::PBKDF2_HMAC_SHA256,
-            NonZeroU32::new(iterations).unwrap(),
-            &salt,
-            password.as_bytes(),
-            &mut salted_password,
-        );
-        let key = hmac::Key::new(hmac::HMAC_SHA256, &salted_password);
-        let client_key = hmac::sign(&key, b"Client Key");
-        let stored_key = digest::digest(&digest::SHA256, client_key.as_ref());
-        let server_key = hmac::sign(&key, b"Server Key");
-
-        let without_proof = format!("c={},r={nonce}", STANDARD.encode(gs2_header));
-        let auth_message = format!("{client_first_bare},{server_first},{without_proof}");
-        let client_signature = hmac::sign(
-            &hmac::Key::new(hmac::HMAC_SHA256, stored_key.as_ref()),
-            auth_message.as_bytes(),
-        );
-        let proof: Vec<u8> = client_key
-            .as_ref()
-            .iter()
-            .zip(client_signature.as_ref())
-            .map(|(k, s)| k ^ s)
-            .collect();
-        let server_signature = hmac::sign(
-            &hmac::Key::new(hmac::HMAC_SHA256, server_key.as_ref()),
-            auth_message.as_bytes(),
-        );
-        ClientProof {
-            client_final: format!("{without_proof},p={}", STANDARD.encode(proof)),
-            expected_server_final: format!("v={}", STANDARD.encode(server_signature.as_ref())),
-        }
-    }
-
     /// Runs a whole exchange with a fresh random server nonce, as a client knowing
     /// `password` would, and checks the server's signature when the server accepts.
     fn run_exchange(
@@ -760,7 +793,8 @@ mod tests {
             exchange.client_first(format!("{gs2_header}{client_first_bare}").as_bytes())?;
         let server_first = String::from_utf8(server_first).expect("server-first is UTF-8");
         assert!(server_first.starts_with("r=fyko+d2lbbFgONRv9qkxdawL"));
-        let proof = client_proof(password, gs2_header, client_first_bare, &server_first);
+        let proof = client_proof(password, gs2_header, client_first_bare, &server_first)
+            .expect("the server-first-message is well formed");
         let result = exchange.client_final(proof.client_final.as_bytes());
         assert_eq!(exchange.is_authenticated(), result.is_ok());
         let server_final = result?;

@@ -731,12 +731,6 @@ impl ControlPlane {
     ) -> Result<EndpointView> {
         let branch = self.branch_row(scope, project_id, &request.branch)?;
         let kind = request.kind.unwrap_or(EndpointKind::ReadWrite);
-        if kind == EndpointKind::ReadOnly {
-            return Err(api_error(
-                ErrorKind::BadRequest,
-                "read-only endpoints are not available yet: computes run as their branch's primary",
-            ));
-        }
         let idle_timeout_secs = validate_idle_timeout(
             request
                 .idle_timeout_secs
