@@ -36,6 +36,10 @@ enum Command {
         /// <data-dir>/control-plane.json).
         #[arg(long, default_value_t = 0)]
         api_port: u16,
+        /// Port on 127.0.0.1 of SQL over HTTP (POST /sql, HTTP or HTTPS on the same port;
+        /// 0: any free port; <data-dir>/control-plane.json names it).
+        #[arg(long, default_value_t = 0)]
+        http_port: u16,
         /// The proxy's TLS certificate chain (PEM). Default: a self-signed certificate made
         /// on the first start and kept in <data-dir>/proxy/.
         #[arg(long, requires = "tls_key")]
@@ -210,6 +214,7 @@ fn main() -> anyhow::Result<()> {
                 data_dir,
                 port,
                 api_port,
+                http_port,
                 tls_cert,
                 tls_key,
                 domain,
@@ -221,6 +226,7 @@ fn main() -> anyhow::Result<()> {
                     data_dir,
                     port,
                     api_port,
+                    http_port,
                     tls_cert,
                     tls_key,
                     domain,

@@ -199,7 +199,13 @@ impl Engine {
     ) -> Result<Arc<Engine>, SqlError> {
         let lsn = proposer.commit_lsn();
         let catalog = load_catalog(&pageserver, lsn).await?;
-        Ok(Engine::new(Some(proposer), lsn, catalog, pageserver, commit_timeout))
+        Ok(Engine::new(
+            Some(proposer),
+            lsn,
+            catalog,
+            pageserver,
+            commit_timeout,
+        ))
     }
 
     /// A read-only compute's engine, reading at `lsn` (the pageserver's newest applied LSN)

@@ -27,10 +27,12 @@
 pub mod api;
 pub mod client;
 pub mod pageserver_admin;
+pub mod pgclient;
 pub mod proxy;
 pub mod registry;
 pub mod scram;
 pub mod service;
+pub mod sql_over_http;
 pub mod store;
 
 use std::collections::hash_map::RandomState;
@@ -75,6 +77,8 @@ pub struct StartConfig {
     pub port: u16,
     /// Port of the control-plane API (0: any free port; `control-plane.json` names it).
     pub api_port: u16,
+    /// Port of SQL over HTTP (0: any free port; `control-plane.json` names it).
+    pub http_port: u16,
     /// The proxy's TLS certificate chain and key (PEM); without them a self-signed pair
     /// kept in `<data-dir>/proxy/` is used.
     pub tls_cert: Option<PathBuf>,
@@ -291,6 +295,14 @@ pub async fn start(config: StartConfig) -> anyhow::Result<()> {
     let api_listener = tokio::net::TcpListener::bind(("127.0.0.1", config.api_port))
         .await
         .with_context(|| format!("listening on 127.0.0.1:{} for the API", config.api_port))?;
+    let http_listener = tokio::net::TcpListener::bind(("127.0.0.1", config.http_port))
+        .await
+        .with_context(|| {
+            format!(
+                "listening on 127.0.0.1:{} for SQL over HTTP",
+                config.http_port
+            )
+        })?;
     let tls = proxy::tls::server_config(
         config.tls_cert.as_deref(),
         config.tls_key.as_deref(),
@@ -376,6 +388,7 @@ pub async fn start(config: StartConfig) -> anyhow::Result<()> {
     let listeners = Listeners {
         proxy: proxy_listener,
         api: api_listener,
+        http: http_listener,
         tls,
         domain: config.domain.clone(),
     };
@@ -396,6 +409,7 @@ pub async fn start(config: StartConfig) -> anyhow::Result<()> {
 struct Listeners {
     proxy: tokio::net::TcpListener,
     api: tokio::net::TcpListener,
+    http: tokio::net::TcpListener,
     tls: Arc<rustls::ServerConfig>,
     domain: String,
 }
@@ -680,6 +694,9 @@ pub struct ClusterEndpoints {
     pub api: String,
     /// The proxy's PostgreSQL address.
     pub postgres: String,
+    /// `http://127.0.0.1:PORT/sql`: SQL over HTTP (HTTPS on the same port).
+    #[serde(default)]
+    pub sql_over_http: String,
     /// The local project, which commands act on by default.
     pub project: String,
 }
@@ -721,18 +738,26 @@ async fn run(
     let (proxy_tx, mut proxy_calls) = mpsc::channel::<proxy::ControlCall>(CALLS_QUEUED_MAX);
     let api_addr = listeners.api.local_addr()?;
     let proxy_addr = listeners.proxy.local_addr()?;
+    let http_addr = listeners.http.local_addr()?;
     let proxy_config = Arc::new(proxy::ProxyConfig {
         tls: Some(listeners.tls),
         domain: listeners.domain,
         allow_cleartext_without_tls: false,
     });
     let proxy_state = Arc::new(proxy::ProxyState::new(activity));
+    let proxy_control = proxy::ControlHandle::new(proxy_tx);
     let tasks = [
         tokio::spawn(api::serve(listeners.api, api_tx)),
         tokio::spawn(proxy::serve(
             listeners.proxy,
+            proxy_config.clone(),
+            proxy_control.clone(),
+            proxy_state.clone(),
+        )),
+        tokio::spawn(proxy::http::serve(
+            listeners.http,
             proxy_config,
-            proxy::ControlHandle::new(proxy_tx),
+            proxy_control,
             proxy_state,
         )),
         // Both queues feed one, so that the operations run one at a time in this task.
@@ -769,6 +794,7 @@ async fn run(
         version: 1,
         api: format!("http://{api_addr}"),
         postgres: proxy_addr.to_string(),
+        sql_over_http: format!("http://{http_addr}/sql"),
         project: project.clone(),
     };
     write_private(
@@ -779,7 +805,7 @@ async fn run(
         .connection_uri_for(&service::Scope::Admin, &project, None, None, None)
         .map_err(|e| anyhow::anyhow!("the local project's connection string: {e}"))?;
     println!("{uri}");
-    info!(api = %endpoints.api, postgres = %endpoints.postgres, "the cluster is up");
+    info!(api = %endpoints.api, postgres = %endpoints.postgres, sql_over_http = %endpoints.sql_over_http, "the cluster is up");
 
     let mut sweep = tokio::time::interval(Duration::from_millis(SWEEP_INTERVAL_MS));
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -658,10 +658,16 @@ pub fn client_proof(
                         .parse::<u32>()
                         .ok()
                         .and_then(NonZeroU32::new)
-                        .ok_or_else(|| protocol("the server's iteration count is not a positive number"))?,
+                        .ok_or_else(|| {
+                            protocol("the server's iteration count is not a positive number")
+                        })?,
                 )
             }
-            _ => return Err(protocol(format!("unexpected attribute in server-first-message: {attribute:?}"))),
+            _ => {
+                return Err(protocol(format!(
+                    "unexpected attribute in server-first-message: {attribute:?}"
+                )))
+            }
         }
     }
     let (Some(nonce), Some(salt), Some(iterations)) = (nonce, salt, iterations) else {

@@ -23,6 +23,7 @@
 //! counts the control plane suspends idle endpoints by. The control plane itself is reached
 //! through [`ControlHandle`] (its task answers in [`answer`]).
 
+pub mod http;
 pub mod protocol;
 pub mod rate_limit;
 pub mod routing;
@@ -230,7 +231,7 @@ fn fatal(code: &'static str, message: impl Into<String>) -> ErrorFields {
 
 /// Why a connection was refused: what the client is told.
 #[derive(Debug)]
-struct Refusal(ErrorFields);
+pub(crate) struct Refusal(ErrorFields);
 
 impl std::fmt::Display for Refusal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -421,56 +422,13 @@ async fn authenticate(
         }
     };
 
-    if let Err(retry_after_ms) = state
-        .failed_logins
-        .lock()
-        .expect("failed-logins lock")
-        .check(&endpoint, source, state.now_ms())
-    {
-        return Err(Refusal(fatal(
-            "28000",
-            format!(
-                "too many failed login attempts to endpoint {endpoint} from {source}; try again in {} s",
-                retry_after_ms.div_ceil(1000)
-            ),
-        )));
-    }
-    let auth = control
-        .auth(&endpoint, &role)
-        .await
-        .map_err(|e| match e.kind {
-            ErrorKind::NotFound => Refusal(fatal(
-                "3D000",
-                format!("endpoint {endpoint} does not exist"),
-            )),
-            _ => Refusal(fatal(
-                "57P03",
-                format!("cannot authenticate now: {}", e.message),
-            )),
-        })?;
-    let secret = auth
-        .secret
-        .unwrap_or_else(|| ScramSecret::mock(&role, &state.mock_seed));
+    check_lockout(state, &endpoint, source)?;
+    let secret = role_secret(control, state, &endpoint, &role).await?;
     let verified = match cleartext {
         Some(password) => secret.verify_password(&password),
         None => scram_exchange(stream, secret).await?,
     };
-    if !verified {
-        state
-            .failed_logins
-            .lock()
-            .expect("failed-logins lock")
-            .record_failure(&endpoint, source, state.now_ms());
-        return Err(Refusal(fatal(
-            "28P01",
-            format!("password authentication failed for user \"{role}\""),
-        )));
-    }
-    state
-        .failed_logins
-        .lock()
-        .expect("failed-logins lock")
-        .record_success(&endpoint, source);
+    record_login(state, &endpoint, &role, source, verified)?;
 
     let mut compute_params: Vec<(String, String)> = params
         .into_iter()
@@ -483,6 +441,70 @@ async fn authenticate(
         endpoint,
         params: compute_params,
     })
+}
+
+/// Refuses a source locked out of an endpoint by its failed logins (28000).
+fn check_lockout(state: &ProxyState, endpoint: &str, source: IpAddr) -> Result<(), Refusal> {
+    state
+        .failed_logins
+        .lock()
+        .expect("failed-logins lock")
+        .check(endpoint, source, state.now_ms())
+        .map_err(|retry_after_ms| {
+            Refusal(fatal(
+                "28000",
+                format!(
+                    "too many failed login attempts to endpoint {endpoint} from {source}; try again in {} s",
+                    retry_after_ms.div_ceil(1000)
+                ),
+            ))
+        })
+}
+
+/// The SCRAM secret of `role` on the endpoint's project; a mock one for an unknown role,
+/// so that it fails like a wrong password. An unknown endpoint is 3D000.
+async fn role_secret(
+    control: &ControlHandle,
+    state: &ProxyState,
+    endpoint: &str,
+    role: &str,
+) -> Result<ScramSecret, Refusal> {
+    let auth = control
+        .auth(endpoint, role)
+        .await
+        .map_err(|e| match e.kind {
+            ErrorKind::NotFound => Refusal(fatal(
+                "3D000",
+                format!("endpoint {endpoint} does not exist"),
+            )),
+            _ => Refusal(fatal(
+                "57P03",
+                format!("cannot authenticate now: {}", e.message),
+            )),
+        })?;
+    Ok(auth
+        .secret
+        .unwrap_or_else(|| ScramSecret::mock(role, &state.mock_seed)))
+}
+
+/// Counts a login against the failed-login limit; a failed one is refused with 28P01.
+fn record_login(
+    state: &ProxyState,
+    endpoint: &str,
+    role: &str,
+    source: IpAddr,
+    verified: bool,
+) -> Result<(), Refusal> {
+    let mut failed_logins = state.failed_logins.lock().expect("failed-logins lock");
+    if verified {
+        failed_logins.record_success(endpoint, source);
+        return Ok(());
+    }
+    failed_logins.record_failure(endpoint, source, state.now_ms());
+    Err(Refusal(fatal(
+        "28P01",
+        format!("password authentication failed for user \"{role}\""),
+    )))
 }
 
 /// Runs SCRAM-SHA-256 with the client; `Ok(false)` when the proof is wrong.
@@ -538,7 +560,7 @@ async fn scram_exchange(
 }
 
 /// Open-connection count of an endpoint, held while a connection lives.
-struct ActivityGuard<'a> {
+pub(crate) struct ActivityGuard<'a> {
     activity: &'a Activity,
     endpoint: String,
 }
@@ -616,7 +638,10 @@ async fn relay(
 
 /// The control plane's wake-up call, and a connection to the compute, retried a few times
 /// (a compute that died since the control plane last looked is started again).
-async fn connect_compute(control: &ControlHandle, endpoint: &str) -> Result<TcpStream, Refusal> {
+pub(crate) async fn connect_compute(
+    control: &ControlHandle,
+    endpoint: &str,
+) -> Result<TcpStream, Refusal> {
     let mut last = String::new();
     for attempt in 1..=WAKE_ATTEMPTS_MAX {
         match control.wake(endpoint).await {
