@@ -290,3 +290,117 @@ fn sql_over_http_runs_statements_with_the_wire_protocols_authentication() {
     cluster.stop();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A function URL event (payload format 2.0) as AWS Lambda delivers it.
+fn lambda_event(connection: &str, body: &Value) -> Value {
+    json!({
+        "version": "2.0",
+        "routeKey": "$default",
+        "rawPath": "/sql",
+        "rawQueryString": "",
+        "headers": {
+            "content-type": "application/json",
+            "neon-connection-string": connection,
+            "host": "abcdefgh.lambda-url.eu-west-1.on.aws",
+        },
+        "requestContext": {
+            "http": {"method": "POST", "path": "/sql", "protocol": "HTTP/1.1", "sourceIp": "203.0.113.7"},
+            "requestId": "c6af9ac6-7b61-11e6-9a41-93e8deadbeef",
+            "timeEpoch": 1_795_000_000_000u64,
+        },
+        "body": body.to_string(),
+        "isBase64Encoded": false,
+    })
+}
+
+/// Invokes the Lambda handler as the runtime would, and reads its HTTP-shaped answer.
+fn invoke(runtime: &tokio::runtime::Runtime, event: Value) -> (u16, Value) {
+    let event = lambda_runtime::LambdaEvent::new(event, lambda_runtime::Context::default());
+    let response = runtime
+        .block_on(omendb_sql_lambda::handler(event))
+        .expect("the handler answers");
+    assert_eq!(response["headers"]["content-type"], "application/json");
+    let body = serde_json::from_str(response["body"].as_str().expect("body")).expect("JSON body");
+    (
+        response["statusCode"].as_u64().expect("status") as u16,
+        body,
+    )
+}
+
+#[test]
+fn the_lambda_handler_answers_function_url_events_through_the_proxy() {
+    let dir = fresh_dir("lambda");
+    let port = free_addr().port();
+    let cluster = Launcher::start(&dir, port);
+    let conn = cluster.url.clone();
+    let (password, _) = password_and_endpoint(&conn);
+    psql(&conn, "CREATE TABLE notes (id int PRIMARY KEY, body text)");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+
+    // Through the proxy's wire port: TLS (certificate checked against the cluster's), SCRAM.
+    let cert = dir.join("proxy").join("tls.crt");
+    let verified = format!("{conn}&sslmode=verify-full&sslrootcert={}", cert.display());
+    let (status, body) = invoke(
+        &runtime,
+        lambda_event(
+            &verified,
+            &json!({"query": "INSERT INTO notes VALUES ($1, $2)", "params": [1, "from lambda"]}),
+        ),
+    );
+    assert_eq!(
+        (status, &body["command"]),
+        (200, &json!("INSERT")),
+        "{body}"
+    );
+    assert_eq!(psql(&conn, "SELECT body FROM notes"), "from lambda");
+
+    // sslmode=require (the default): encrypted, certificate not checked; a batch.
+    let (status, body) = invoke(
+        &runtime,
+        lambda_event(
+            &conn,
+            &json!({"queries": [
+                {"query": "INSERT INTO notes VALUES (2, 'two')"},
+                {"query": "SELECT id, body FROM notes ORDER BY id"}
+            ]}),
+        ),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["results"][1]["rows"],
+        json!([{"id": 1, "body": "from lambda"}, {"id": 2, "body": "two"}])
+    );
+
+    // Errors carry PostgreSQL's fields: a wrong password, then bad SQL.
+    let wrong = conn.replace(&password, "wrong-password");
+    let (status, body) = invoke(
+        &runtime,
+        lambda_event(&wrong, &json!({"query": "SELECT 1"})),
+    );
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (400, Some("28P01")),
+        "{body}"
+    );
+    let (status, body) = invoke(&runtime, lambda_event(&conn, &json!({"query": "SELEC 1"})));
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (400, Some("42601")),
+        "{body}"
+    );
+    // verify-full refuses a certificate it cannot check (the system bundle does not hold
+    // the cluster's self-signed one).
+    let unverifiable = format!("{conn}&sslmode=verify-full&sslrootcert=/nonexistent.pem");
+    let (status, body) = invoke(
+        &runtime,
+        lambda_event(&unverifiable, &json!({"query": "SELECT 1"})),
+    );
+    assert_eq!(status, 400, "{body}");
+
+    drop(runtime);
+    cluster.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -250,7 +250,7 @@ fn covers(chain: &[CertificateDer<'static>], domain: &str) -> bool {
         .is_ok()
 }
 
-fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+pub fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let read_error = |source| TlsError::ReadCert {
         path: path.to_path_buf(),
         source,
