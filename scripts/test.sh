@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the tests need (PostgreSQL 15 for the comparison tests, moto's S3 server for
-# the S3 object store tests) and runs every test:
+# the S3 object store tests, PyYAML for the workflow test) and runs every test:
 # unit tests, integration tests with real processes, and the PostgreSQL comparison.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -35,6 +35,11 @@ fi
 if ! command -v moto_server >/dev/null; then
     echo "moto_server is not on PATH after installing moto[server]" >&2
     exit 1
+fi
+
+# The branch-per-PR workflow test reads the workflow file with PyYAML (moto brings it).
+if ! python3 -c 'import yaml' 2>/dev/null; then
+    python3 -m pip install --quiet pyyaml
 fi
 
 cargo build --workspace --all-targets --locked

@@ -21,11 +21,12 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use support::cluster::{Cluster, Options, SAFEKEEPERS};
 use support::pg::{connect, runtime, sqlstate, try_connect};
 use support::relay::Relay;
+use support::rng::{seed_from_env, Rng};
 use tokio_postgres::{Client, SimpleQueryMessage};
 
 /// Bound on one client operation (a transfer, an INSERT, a read), so a stuck server fails
@@ -34,45 +35,9 @@ const OPERATION_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the cluster may take to accept writes again after the last fault.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// SplitMix64: a small seeded generator, so a fault schedule can be repeated.
-struct Rng(u64);
-
-impl Rng {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `[0, n)`.
-    fn below(&mut self, n: u64) -> u64 {
-        self.next_u64() % n
-    }
-
-    /// A duration uniform in `[low_ms, high_ms)`.
-    fn millis(&mut self, low_ms: u64, high_ms: u64) -> Duration {
-        Duration::from_millis(low_ms + self.below(high_ms - low_ms))
-    }
-
-    /// An independent generator for a task.
-    fn fork(&mut self) -> Rng {
-        Rng(self.next_u64())
-    }
-}
-
 /// The seed from `OMENDB_FAULT_SEED`, or a fresh one; printed so a failure can be repeated.
 fn seeded_rng(test: &str) -> (Rng, u64) {
-    let seed = std::env::var("OMENDB_FAULT_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .expect("clock after 1970")
-                .as_nanos() as u64
-        });
+    let seed = seed_from_env("OMENDB_FAULT_SEED");
     eprintln!("{test}: seed {seed} (OMENDB_FAULT_SEED={seed} repeats the fault schedule)");
     (Rng(seed), seed)
 }

@@ -13,38 +13,16 @@
 mod support;
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::Path;
 
 use control_plane::sql_over_http::Target;
 use futures::StreamExt;
-use serde_json::Value;
 use support::cluster::free_addr;
-use support::launcher::{omendb, psql, Launcher};
+use support::launcher::{cli_json, psql, Launcher};
+use support::rng::{seed_from_env, Rng};
 
 const ATTEMPTS: usize = 1_000;
 /// Attempts in flight at once.
 const CONCURRENCY: usize = 8;
-
-/// SplitMix64: a small, seedable generator (no dependency for a test).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-
-    fn chance(&mut self, percent: u64) -> bool {
-        self.next() % 100 < percent
-    }
-}
 
 #[derive(Clone, Debug)]
 struct Endpoint {
@@ -166,15 +144,6 @@ async fn run(attempt: &Attempt, proxy: SocketAddr) -> Result<String, String> {
     Ok(result.rows[0][0].clone().expect("a marker"))
 }
 
-fn cli_json(dir: &Path, args: &[&str]) -> Value {
-    let dir = dir.display().to_string();
-    let mut all = args.to_vec();
-    all.extend(["--data-dir", &dir, "--json"]);
-    let output = omendb(&all);
-    assert!(output.success, "omendb {args:?}: {output:?}");
-    serde_json::from_str(&output.stdout).expect("--json prints JSON")
-}
-
 #[test]
 fn randomized_routing_never_reaches_another_projects_compute() {
     let dir = std::env::temp_dir().join(format!("omendb-isolation-{}", std::process::id()));
@@ -232,27 +201,19 @@ fn randomized_routing_never_reaches_another_projects_compute() {
         password: role["role"]["password"].as_str().expect("password").into(),
     });
 
-    let seed = std::env::var("OMENDB_TEST_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .expect("clock")
-                .as_nanos() as u64
-        });
+    let seed = seed_from_env("OMENDB_TEST_SEED");
     eprintln!("isolation seed: {seed} (OMENDB_TEST_SEED={seed} replays it)");
     let mut rng = Rng(seed);
     let attempts: Vec<Attempt> = (0..ATTEMPTS)
         .map(|n| {
             let unknown = rng.chance(8);
             let (endpoint, project) = if unknown {
-                (format!("ep-unknown{:08x}", rng.next() as u32), None)
+                (format!("ep-unknown{:08x}", rng.next_u64() as u32), None)
             } else {
-                let e = &endpoints[rng.below(endpoints.len())];
+                let e = &endpoints[rng.below(endpoints.len() as u64) as usize];
                 (e.id.clone(), Some(e.project.clone()))
             };
-            let other = &endpoints[rng.below(endpoints.len())];
+            let other = &endpoints[rng.below(endpoints.len() as u64) as usize];
             let mut naming = match rng.below(100) {
                 0..=24 => Naming::Sni,
                 25..=49 => Naming::Options,
@@ -270,12 +231,12 @@ fn randomized_routing_never_reaches_another_projects_compute() {
                 .filter(|r| Some(&r.project) == project.as_ref())
                 .collect();
             let role = if !own.is_empty() && rng.chance(60) {
-                own[rng.below(own.len())].clone()
+                own[rng.below(own.len() as u64) as usize].clone()
             } else {
-                roles[rng.below(roles.len())].clone()
+                roles[rng.below(roles.len() as u64) as usize].clone()
             };
             let password = if rng.chance(15) {
-                format!("wrong-{:x}", rng.next())
+                format!("wrong-{:x}", rng.next_u64())
             } else {
                 role.password.clone()
             };

@@ -5,29 +5,14 @@
 mod support;
 
 use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use support::cluster::free_addr;
-use support::launcher::{omendb, processes_mentioning, psql, try_psql, Launcher};
-
-fn fresh_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("omendb-proxy-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("create test dir");
-    dir
-}
-
-/// `omendb <args> --data-dir DIR --json`, parsed; panics if it fails.
-fn cli_json(dir: &Path, args: &[&str]) -> Value {
-    let dir = dir.display().to_string();
-    let mut all = args.to_vec();
-    all.extend(["--data-dir", &dir, "--json"]);
-    let output = omendb(&all);
-    assert!(output.success, "omendb {args:?}: {output:?}");
-    serde_json::from_str(&output.stdout).expect("--json prints JSON")
-}
+use support::launcher::{
+    cli_json, fresh_dir, omendb, processes_mentioning, psql, try_psql, Launcher,
+};
 
 /// One HTTP/1.1 request to the API: (status, JSON body).
 fn http(dir: &Path, method: &str, path: &str, token: Option<&str>) -> (u16, Value) {
@@ -83,7 +68,7 @@ fn sni_url(port: u16, endpoint: &str, password: &str) -> String {
 
 #[test]
 fn the_proxy_routes_authenticates_and_keeps_projects_apart() {
-    let dir = fresh_dir("isolation");
+    let dir = fresh_dir("proxy", "isolation");
     let port = free_addr().port();
     let cluster = Launcher::start(&dir, port);
     let url_a = cluster.url.clone();
@@ -269,7 +254,7 @@ fn endpoint_state(dir: &Path, endpoint: &str) -> String {
 
 #[test]
 fn an_idle_endpoint_stops_and_the_next_connection_starts_it_with_every_commit() {
-    let dir = fresh_dir("scale-to-zero");
+    let dir = fresh_dir("proxy", "scale-to-zero");
     let port = free_addr().port();
     let cluster = Launcher::start(&dir, port);
     let url = cluster.url.clone();
@@ -333,7 +318,7 @@ fn an_idle_endpoint_stops_and_the_next_connection_starts_it_with_every_commit() 
 
 #[test]
 fn a_read_only_endpoint_follows_its_branch_and_refuses_writes() {
-    let dir = fresh_dir("read-only");
+    let dir = fresh_dir("proxy", "read-only");
     let port = free_addr().port();
     let cluster = Launcher::start(&dir, port);
     let url = cluster.url.clone();

@@ -3,19 +3,12 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use serde_json::{json, Value};
 use support::cluster::free_addr;
-use support::launcher::{omendb, psql, Launcher};
-
-fn fresh_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("omendb-sqlhttp-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("create test dir");
-    dir
-}
+use support::launcher::{fresh_dir, omendb, psql, Launcher};
 
 /// The `sql_over_http` URL the cluster wrote into control-plane.json.
 fn sql_url(dir: &Path) -> String {
@@ -80,7 +73,7 @@ fn password_and_endpoint(url: &str) -> (String, String) {
 
 #[test]
 fn sql_over_http_runs_statements_with_the_wire_protocols_authentication() {
-    let dir = fresh_dir("basic");
+    let dir = fresh_dir("sqlhttp", "basic");
     let port = free_addr().port();
     let cluster = Launcher::start(&dir, port);
     let url = sql_url(&dir);
@@ -329,7 +322,7 @@ fn invoke(runtime: &tokio::runtime::Runtime, event: Value) -> (u16, Value) {
 
 #[test]
 fn the_lambda_handler_answers_function_url_events_through_the_proxy() {
-    let dir = fresh_dir("lambda");
+    let dir = fresh_dir("sqlhttp", "lambda");
     let port = free_addr().port();
     let cluster = Launcher::start(&dir, port);
     let conn = cluster.url.clone();

@@ -1,28 +1,32 @@
-//! The local cluster launcher behind `omendb start`, and the branch commands it serves.
+//! The local cluster launcher behind `omendb start`: the control plane, the proxy and the
+//! processes they run.
 //!
-//! Starts 3 safekeepers, 1 pageserver, the compute for branch `main` and one compute per
-//! other branch as separate OS processes (the same `omendb` binary with other subcommands)
-//! on 127.0.0.1, all state under one data folder:
+//! Starts 3 safekeepers and 1 pageserver as separate OS processes (the same `omendb` binary
+//! with other subcommands) on 127.0.0.1, then serves, in this process, the control-plane API
+//! (`api`), the proxy for PostgreSQL clients (`proxy`) and SQL over HTTP (`proxy::http`).
+//! Computes are started per endpoint when a connection needs one and stopped when idle. All
+//! state is under one data folder:
 //!
 //! ```text
-//! <data-dir>/cluster.json        tenant and timeline ids (made on first start)
-//! <data-dir>/branches.json       the other branches (`registry`)
-//! <data-dir>/omendb.lock         held while a cluster runs on this folder
-//! <data-dir>/control.sock        the running launcher's control socket (`control`)
-//! <data-dir>/safekeeper-<n>/     each safekeeper's WAL
-//! <data-dir>/pageserver/         the pageserver's local cache
-//! <data-dir>/object-store/       the object store, unless `--object-store` names another
-//! <data-dir>/logs/<name>.log     each process's log (`compute-<branch>.log` for a branch)
+//! <data-dir>/cluster.json          tenant and root timeline ids (made on first start)
+//! <data-dir>/control-plane.db      projects, branches, endpoints, roles, tokens (SQLite)
+//! <data-dir>/control-plane.json    API URL, proxy address, SQL-over-HTTP URL, local project
+//! <data-dir>/admin-token           the API's admin token (0600)
+//! <data-dir>/proxy/                the self-signed TLS pair, unless --tls-cert/--tls-key
+//! <data-dir>/omendb.lock           held while a cluster runs on this folder
+//! <data-dir>/safekeeper-<n>/       each safekeeper's WAL
+//! <data-dir>/pageserver/           the pageserver's local cache
+//! <data-dir>/object-store/         the object store, unless `--object-store` names another
+//! <data-dir>/logs/<name>.log       each process's log (`compute-<endpoint>.log` per endpoint)
 //! ```
 //!
-//! On start it finishes or rolls back a branch operation a crash interrupted
-//! (`branches::Branches::recover`), starts every branch's compute on the port recorded for
-//! it, opens the control socket and prints one `postgres://` line (main's) once everything
-//! accepts connections; it stays in the foreground. A child that dies is started again.
-//! Requests on the control socket (`omendb branch create|list|delete`, see `client`) run
-//! one at a time in the launcher's loop; supervision waits while one runs. SIGINT or SIGTERM
-//! stops the computes, then the pageserver (which uploads what it has), then the
-//! safekeepers, removes the socket and returns.
+//! On start it makes the `local` project around the root timeline (importing an older
+//! `branches.json`), deletes timelines a crash left doomed, and prints the local project's
+//! connection string once everything accepts connections; it stays in the foreground. API
+//! requests and the proxy's questions (authenticate, wake) run one at a time in its loop;
+//! every `SWEEP_INTERVAL_MS` it restarts dead safekeepers or pageserver, suspends idle
+//! endpoints and deletes doomed timelines. SIGINT or SIGTERM stops the computes, then the
+//! pageserver (which uploads what it has), then the safekeepers.
 
 pub mod api;
 pub mod client;

@@ -195,3 +195,21 @@ pub fn processes_mentioning(needle: &str) -> Vec<String> {
     }
     found
 }
+
+/// `omendb <args> --data-dir DIR --json`, parsed; panics if it fails.
+pub fn cli_json(dir: &Path, args: &[&str]) -> serde_json::Value {
+    let dir = dir.display().to_string();
+    let mut all = args.to_vec();
+    all.extend(["--data-dir", &dir, "--json"]);
+    let output = omendb(&all);
+    assert!(output.success, "omendb {args:?}: {output:?}");
+    serde_json::from_str(&output.stdout).expect("--json prints JSON")
+}
+
+/// An empty folder `<tmp>/omendb-<suite>-<name>-<pid>` for one test.
+pub fn fresh_dir(suite: &str, name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("omendb-{suite}-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create test dir");
+    dir
+}

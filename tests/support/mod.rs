@@ -10,3 +10,4 @@ pub mod pageserver;
 pub mod pg;
 pub mod postgres;
 pub mod relay;
+pub mod rng;

@@ -23,10 +23,9 @@ use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
-use tracing::{debug, warn};
 
 use super::{
-    check_lockout, connect_compute, record_login, role_secret, routing, ActivityGuard,
+    accept_loop, check_lockout, connect_compute, record_login, role_secret, routing, ActivityGuard,
     ControlHandle, ProxyConfig, ProxyState, Refusal,
 };
 use crate::pgclient::{Connection, Startup};
@@ -44,27 +43,12 @@ pub async fn serve(
     control: ControlHandle,
     state: Arc<ProxyState>,
 ) {
-    loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                warn!("accepting an HTTP connection failed: {e}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let Ok(permit) = state.connections.clone().try_acquire_owned() else {
-            continue;
-        };
-        let _ = stream.set_nodelay(true);
-        let (config, control, state) = (config.clone(), control.clone(), state.clone());
-        tokio::spawn(async move {
-            let _permit = permit;
-            if let Err(e) = serve_connection(stream, peer, config, control, state).await {
-                debug!(%peer, "HTTP connection ended: {e}");
-            }
-        });
-    }
+    // Over the connection limit: closed at once (no HTTP answer is read for it).
+    let refuse = drop::<TcpStream>;
+    let serve = move |stream, peer, state| {
+        serve_connection(stream, peer, config.clone(), control.clone(), state)
+    };
+    accept_loop(listener, state, "HTTP", refuse, serve).await
 }
 
 async fn serve_connection(

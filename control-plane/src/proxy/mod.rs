@@ -188,32 +188,54 @@ pub async fn serve(
     control: ControlHandle,
     state: Arc<ProxyState>,
 ) {
+    let refusal = protocol::error_response(&fatal(
+        "53300",
+        format!("the proxy serves {CONNECTIONS_MAX} connections, the most it takes"),
+    ));
+    let refuse = move |mut stream: TcpStream| {
+        let refusal = refusal.clone();
+        tokio::spawn(async move {
+            let _ = stream.write_all(&refusal).await;
+        });
+    };
+    let serve = move |stream, peer, state: Arc<ProxyState>| {
+        let (config, control) = (config.clone(), control.clone());
+        async move { serve_connection(stream, peer, &config, &control, &state).await }
+    };
+    accept_loop(listener, state, "client", refuse, serve).await
+}
+
+/// Accepts connections on `listener` until the task is aborted: at most [`CONNECTIONS_MAX`]
+/// at once (counted with every other listener of the proxy; one more goes to `refuse`),
+/// each served by `serve` in a task of its own.
+pub(crate) async fn accept_loop<F>(
+    listener: TcpListener,
+    state: Arc<ProxyState>,
+    what: &'static str,
+    refuse: impl Fn(TcpStream),
+    serve: impl Fn(TcpStream, SocketAddr, Arc<ProxyState>) -> F,
+) where
+    F: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
+{
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
             Err(e) => {
-                warn!("accepting a client connection failed: {e}");
+                warn!("accepting a {what} connection failed: {e}");
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
         };
         let Ok(permit) = state.connections.clone().try_acquire_owned() else {
-            let mut stream = stream;
-            let refusal = protocol::error_response(&fatal(
-                "53300",
-                format!("the proxy serves {CONNECTIONS_MAX} connections, the most it takes"),
-            ));
-            tokio::spawn(async move {
-                let _ = stream.write_all(&refusal).await;
-            });
+            refuse(stream);
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let (config, control, state) = (config.clone(), control.clone(), state.clone());
+        let connection = serve(stream, peer, state.clone());
         tokio::spawn(async move {
             let _permit = permit;
-            if let Err(e) = serve_connection(stream, peer, &config, &control, &state).await {
-                debug!(%peer, "connection ended: {e}");
+            if let Err(e) = connection.await {
+                debug!(%peer, "{what} connection ended: {e}");
             }
         });
     }
