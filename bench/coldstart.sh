@@ -9,6 +9,8 @@
 # `psql "<connection string>" -c "SELECT count(*) FROM coldstart"` is timed from launch to
 # exit (TLS, SCRAM-SHA-256, wake, session, query, answer); then the same psql command again
 # against the now running endpoint is the warm figure. psql's own start-up is in both.
+# The same again over SQL over HTTP: `curl` POSTing the query to /sql (plain HTTP on
+# loopback), cold after a suspend and warm right after.
 # Prints p50/p99 (median of the runs, min–max beside it) and writes them as JSON.
 # Builds OmenDB in release mode; needs psql.
 set -euo pipefail
@@ -53,14 +55,23 @@ import json, subprocess, sys, time
 
 omendb, data_dir, url, endpoint, wakes, runs, out = sys.argv[1:]
 wakes, runs = int(wakes), int(runs)
-query = ["psql", "-X", "-A", "-t", url, "-c", "SELECT count(*) FROM coldstart"]
+with open(f"{data_dir}/control-plane.json") as f:
+    sql_url = json.load(f)["sql_over_http"]
+clients = {
+    "psql": (["psql", "-X", "-A", "-t", url, "-c", "SELECT count(*) FROM coldstart"],
+             lambda out: out.strip() == "3"),
+    "http": (["curl", "-sS", "--fail-with-body", sql_url, "-H", f"Neon-Connection-String: {url}",
+              "-d", '{"query": "SELECT count(*) AS n FROM coldstart"}'],
+             lambda out: json.loads(out)["rows"] == [{"n": "3"}]),
+}
 
-def first_row_ms():
+def first_row_ms(client):
+    command, check = clients[client]
     start = time.perf_counter()
-    result = subprocess.run(query, capture_output=True, text=True)
+    result = subprocess.run(command, capture_output=True, text=True)
     elapsed = (time.perf_counter() - start) * 1000
-    if result.returncode != 0 or result.stdout.strip() != "3":
-        sys.exit(f"psql failed or answered wrongly: {result.stdout!r} {result.stderr!r}")
+    if result.returncode != 0 or not check(result.stdout):
+        sys.exit(f"{client} failed or answered wrongly: {result.stdout!r} {result.stderr!r}")
     return elapsed
 
 def state():
@@ -72,36 +83,42 @@ def percentile(values, p):
     values = sorted(values)
     return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
 
+def suspend():
+    subprocess.run([omendb, "endpoint", "suspend", endpoint, "--data-dir", data_dir],
+                   capture_output=True, check=True)
+
 per_run = []
 for run in range(runs):
-    cold, warm = [], []
+    times = {f"{c}_{k}": [] for c in clients for k in ("cold", "warm")}
     for i in range(wakes):
-        subprocess.run([omendb, "endpoint", "suspend", endpoint, "--data-dir", data_dir],
-                       capture_output=True, check=True)
-        if i == 0 and state() != "suspended":
-            sys.exit("the endpoint did not suspend")
-        cold.append(first_row_ms())
-        warm.append(first_row_ms())
+        for client in clients:
+            suspend()
+            if i == 0 and state() != "suspended":
+                sys.exit("the endpoint did not suspend")
+            times[f"{client}_cold"].append(first_row_ms(client))
+            times[f"{client}_warm"].append(first_row_ms(client))
         if (i + 1) % 25 == 0:
             print(f"run {run + 1}/{runs}: {i + 1}/{wakes} wakes", file=sys.stderr)
-    per_run.append({
-        "cold_p50": percentile(cold, 50), "cold_p99": percentile(cold, 99),
-        "warm_p50": percentile(warm, 50), "warm_p99": percentile(warm, 99),
-    })
+    figures = {}
+    for key, values in times.items():
+        figures[f"{key}_p50"] = percentile(values, 50)
+        figures[f"{key}_p99"] = percentile(values, 99)
+    per_run.append(figures)
 
 def stats(key):
     values = sorted(r[key] for r in per_run)
     return values[(len(values) - 1) // 2], values[0], values[-1]
 
-print(f"{'figure':<10} {'median ms':>10} {'min-max ms':>16}")
+print(f"{'figure':<16} {'median ms':>10} {'min-max ms':>16}")
 results = {"suite": "coldstart", "wakes_per_run": wakes, "runs": runs}
-for key in ["cold_p50", "cold_p99", "warm_p50", "warm_p99"]:
+for key in per_run[0]:
     median, low, high = stats(key)
-    print(f"{key:<10} {median:>10.1f} {low:>7.1f}-{high:<8.1f}")
+    print(f"{key:<16} {median:>10.1f} {low:>7.1f}-{high:<8.1f}")
     results[key + "_ms"] = {"median": round(median, 2), "min": round(low, 2), "max": round(high, 2)}
-ratio = stats("cold_p50")[0] / stats("warm_p50")[0]
-print(f"cold/warm p50 ratio: {ratio:.2f}")
-results["cold_warm_p50_ratio"] = round(ratio, 2)
+for client in clients:
+    ratio = stats(f"{client}_cold_p50")[0] / stats(f"{client}_warm_p50")[0]
+    print(f"{client} cold/warm p50 ratio: {ratio:.2f}")
+    results[f"{client}_cold_warm_p50_ratio"] = round(ratio, 2)
 with open(out, "w") as f:
     json.dump(results, f, indent=2)
     f.write("\n")

@@ -147,22 +147,35 @@ pub fn parse_connection_string(url: &str) -> Result<Target, String> {
     let (user, password) = credentials
         .split_once(':')
         .ok_or("the connection string has no password (user:password@host)")?;
-    let (host, port) = match host_port.rsplit_once(':') {
-        Some((host, port)) if !host.ends_with(']') || host.starts_with('[') => {
-            let port = port
-                .parse::<u16>()
-                .map_err(|_| format!("invalid port {port:?} in the connection string"))?;
-            (host, Some(port))
+    // `[v6 address]:port`, `[v6 address]`, `host:port` or `host`.
+    let (host, port) = match host_port.strip_prefix('[') {
+        Some(bracketed) => {
+            let (host, rest) = bracketed
+                .split_once(']')
+                .ok_or("an IPv6 host in the connection string lacks its ']'")?;
+            match rest {
+                "" => (host, None),
+                _ => (host, Some(rest.strip_prefix(':').unwrap_or(rest))),
+            }
         }
-        _ => (host_port, None),
+        None => match host_port.rsplit_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (host_port, None),
+        },
     };
+    let port = port
+        .map(|port| {
+            port.parse::<u16>()
+                .map_err(|_| format!("invalid port {port:?} in the connection string"))
+        })
+        .transpose()?;
     if host.is_empty() {
         return Err("the connection string names no host".into());
     }
     let mut target = Target {
         user: percent_decode(user)?,
         password: percent_decode(password)?,
-        host: host.trim_start_matches('[').trim_end_matches(']').into(),
+        host: host.into(),
         port,
         database: percent_decode(database)?,
         options: None,
@@ -478,6 +491,8 @@ mod tests {
         assert_eq!(t.param("sslmode"), Some("require"));
         let t = parse_connection_string("postgresql://u:p@[::1]:5/d").unwrap();
         assert_eq!((t.host.as_str(), t.port), ("::1", Some(5)));
+        let t = parse_connection_string("postgresql://u:p@[::1]/d").unwrap();
+        assert_eq!((t.host.as_str(), t.port), ("::1", None));
         let t = parse_connection_string("postgres://u:p@h").unwrap();
         assert_eq!((t.port, t.database.as_str()), (None, "u"));
         for bad in [
@@ -488,6 +503,8 @@ mod tests {
             "postgres://u:p@/d",
             "postgres://u:p%zz@h/d",
             "postgres://:p@h/d",
+            "postgres://u:p@[::1/d",
+            "postgres://u:p@[::1]x/d",
         ] {
             assert!(parse_connection_string(bad).is_err(), "{bad}");
         }

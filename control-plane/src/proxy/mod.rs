@@ -18,9 +18,10 @@
 //! exchange against a mock secret and fails the same way. Computes trust the proxy (they
 //! listen on loopback only).
 //!
-//! `ProxyState` holds what the connections share: failed logins, the cancel keys of open
-//! connections (a CancelRequest goes to the compute that issued the key), and the activity
-//! counts the control plane suspends idle endpoints by. The control plane itself is reached
+//! `ProxyState` holds what the connections share (those of SQL over HTTP, [`http`],
+//! included): failed logins, the cancel keys of open connections (a CancelRequest goes to
+//! the compute that issued the key), the connection limit, and the activity counts the
+//! control plane suspends idle endpoints by. The control plane itself is reached
 //! through [`ControlHandle`] (its task answers in [`answer`]).
 
 pub mod http;
