@@ -855,10 +855,9 @@ impl ControlPlane {
         Ok(addr)
     }
 
-    /// The proxy's wake-up call: the address of the endpoint's compute, started if needed.
-    pub async fn wake(&mut self, backend: &mut impl Backend, endpoint: &str) -> Result<SocketAddr> {
-        let row = self
-            .store
+    /// An endpoint by id, in any project (the proxy's lookups; 404 if there is none).
+    fn endpoint_by_id(&self, endpoint: &str) -> Result<EndpointRow> {
+        self.store
             .endpoint(endpoint)
             .map_err(internal)?
             .ok_or_else(|| {
@@ -866,22 +865,18 @@ impl ControlPlane {
                     ErrorKind::NotFound,
                     format!("endpoint {endpoint} does not exist"),
                 )
-            })?;
+            })
+    }
+
+    /// The proxy's wake-up call: the address of the endpoint's compute, started if needed.
+    pub async fn wake(&mut self, backend: &mut impl Backend, endpoint: &str) -> Result<SocketAddr> {
+        let row = self.endpoint_by_id(endpoint)?;
         self.wake_row(backend, &row).await
     }
 
     /// The proxy's authentication lookup: the endpoint's project and the role's secret.
     pub fn endpoint_auth(&self, endpoint: &str, role: &str) -> Result<EndpointAuth> {
-        let row = self
-            .store
-            .endpoint(endpoint)
-            .map_err(internal)?
-            .ok_or_else(|| {
-                api_error(
-                    ErrorKind::NotFound,
-                    format!("endpoint {endpoint} does not exist"),
-                )
-            })?;
+        let row = self.endpoint_by_id(endpoint)?;
         let secret = match self.store.role(&row.project_id, role).map_err(internal)? {
             Some(role) => Some(ScramSecret::parse(&role.secret).map_err(|e| {
                 internal(anyhow::anyhow!(
