@@ -17,7 +17,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use control_plane::sql_over_http::Target;
 use futures::StreamExt;
 use support::cluster::free_addr;
-use support::launcher::{cli_json, psql, Launcher};
+use support::launcher::{cli_json, endpoint_of, password_of, psql, Launcher};
 use support::rng::{seed_from_env, Rng};
 
 const ATTEMPTS: usize = 1_000;
@@ -171,12 +171,7 @@ fn randomized_routing_never_reaches_another_projects_compute() {
     for (project, url) in &urls {
         psql(url, "CREATE TABLE marker (project text PRIMARY KEY)");
         psql(url, &format!("INSERT INTO marker VALUES ('{project}')"));
-        let password = url
-            .trim_start_matches("postgres://omendb:")
-            .split('@')
-            .next()
-            .expect("password");
-        let endpoint = url.split("endpoint%3D").nth(1).expect("endpoint");
+        let (password, endpoint) = (password_of(url), endpoint_of(url));
         endpoints.push(Endpoint {
             id: endpoint.into(),
             project: project.clone(),

@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use support::cluster::free_addr;
 use support::launcher::{
-    cli_json, fresh_dir, omendb, processes_mentioning, psql, try_psql, Launcher,
+    cli_json, endpoint_of, fresh_dir, omendb, password_of, processes_mentioning, psql, try_psql,
+    Launcher,
 };
 
 /// One HTTP/1.1 request to the API: (status, JSON body).
@@ -40,22 +41,6 @@ fn http(dir: &Path, method: &str, path: &str, token: Option<&str>) -> (u16, Valu
         .map(|(_, b)| b)
         .unwrap_or("");
     (status, serde_json::from_str(body).expect("JSON body"))
-}
-
-/// The endpoint id and password in a connection string the control plane printed.
-fn endpoint_and_password(url: &str) -> (String, String) {
-    let endpoint = url
-        .split("endpoint%3D")
-        .nth(1)
-        .expect("endpoint in options")
-        .to_string();
-    let password = url
-        .trim_start_matches("postgres://omendb:")
-        .split('@')
-        .next()
-        .expect("password")
-        .to_string();
-    (endpoint, password)
 }
 
 /// A libpq connection string naming the endpoint by TLS server name only.
@@ -151,8 +136,8 @@ fn the_proxy_routes_authenticates_and_keeps_projects_apart() {
     assert_eq!(status, 200);
     assert_eq!(document["openapi"], "3.0.3");
 
-    let (endpoint_a, password_a) = endpoint_and_password(&url_a);
-    let (endpoint_b, password_b) = endpoint_and_password(&url_b);
+    let (endpoint_a, password_a) = (endpoint_of(&url_a), password_of(&url_a));
+    let (endpoint_b, password_b) = (endpoint_of(&url_b), password_of(&url_b));
     assert_ne!(password_a, password_b);
 
     // Wrong password; the other project's password; an unknown endpoint.
@@ -258,7 +243,7 @@ fn an_idle_endpoint_stops_and_the_next_connection_starts_it_with_every_commit() 
     let port = free_addr().port();
     let cluster = Launcher::start(&dir, port);
     let url = cluster.url.clone();
-    let (endpoint, _) = endpoint_and_password(&url);
+    let endpoint = endpoint_of(&url).to_string();
     let timeline = cli_json(&dir, &["branch", "list"])["branches"][0]["timeline"]
         .as_str()
         .expect("timeline")

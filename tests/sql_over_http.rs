@@ -8,7 +8,7 @@ use std::process::Command;
 
 use serde_json::{json, Value};
 use support::cluster::free_addr;
-use support::launcher::{fresh_dir, omendb, psql, Launcher};
+use support::launcher::{endpoint_of, fresh_dir, omendb, password_of, psql, Launcher};
 
 /// The `sql_over_http` URL the cluster wrote into control-plane.json.
 fn sql_url(dir: &Path) -> String {
@@ -55,22 +55,6 @@ fn post(url: &str, connection: Option<&str>, body: &Value, extra: &[&str]) -> (u
     (status.parse().expect("status"), value)
 }
 
-/// The password and endpoint in a connection string the cluster printed.
-fn password_and_endpoint(url: &str) -> (String, String) {
-    let password = url
-        .trim_start_matches("postgres://omendb:")
-        .split('@')
-        .next()
-        .expect("password")
-        .to_string();
-    let endpoint = url
-        .split("endpoint%3D")
-        .nth(1)
-        .expect("endpoint")
-        .to_string();
-    (password, endpoint)
-}
-
 #[test]
 fn sql_over_http_runs_statements_with_the_wire_protocols_authentication() {
     let dir = fresh_dir("sqlhttp", "basic");
@@ -78,7 +62,7 @@ fn sql_over_http_runs_statements_with_the_wire_protocols_authentication() {
     let cluster = Launcher::start(&dir, port);
     let url = sql_url(&dir);
     let conn = cluster.url.clone();
-    let (password, endpoint) = password_and_endpoint(&conn);
+    let (password, endpoint) = (password_of(&conn), endpoint_of(&conn));
 
     // A command, then parameterized writes and reads, in Neon's answer shape.
     let (status, body) = post(
@@ -326,7 +310,7 @@ fn the_lambda_handler_answers_function_url_events_through_the_proxy() {
     let port = free_addr().port();
     let cluster = Launcher::start(&dir, port);
     let conn = cluster.url.clone();
-    let (password, _) = password_and_endpoint(&conn);
+    let password = password_of(&conn);
     psql(&conn, "CREATE TABLE notes (id int PRIMARY KEY, body text)");
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

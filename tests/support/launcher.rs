@@ -148,6 +148,14 @@ pub fn endpoint_of(url: &str) -> &str {
     rest.split('&').next().unwrap_or(rest)
 }
 
+/// The password in a connection string the control plane printed (role `omendb`).
+pub fn password_of(url: &str) -> &str {
+    let rest = url
+        .strip_prefix("postgres://omendb:")
+        .unwrap_or_else(|| panic!("{url:?} is not a string for role omendb"));
+    rest.split('@').next().unwrap_or(rest)
+}
+
 /// `time` in RFC 3339, UTC, with microseconds: `2024-05-01T12:00:00.123456Z`.
 pub fn rfc3339_utc(time: SystemTime) -> String {
     let since_epoch = time

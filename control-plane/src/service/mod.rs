@@ -37,7 +37,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use ids::{TenantId, TimelineId};
-use pageserver_api::{BranchPoint, ErrorKind as PageserverErrorKind};
+use pageserver_api::{BranchPoint, ErrorKind as PageserverErrorKind, TimelineInfo};
 use tracing::{info, warn};
 
 pub use activity::Activity;
@@ -256,13 +256,9 @@ impl ControlPlane {
         let timeline = match root {
             Some(timeline) => timeline,
             None => {
-                let timeline = backend.new_timeline_id();
-                self.store.doom_timeline(timeline).map_err(internal)?;
-                if let Err(e) = backend.create_timeline(self.tenant, timeline, None).await {
-                    self.sweep_doomed(backend).await;
-                    return Err(pageserver_error(&e, "cannot create the project's timeline"));
-                }
-                timeline
+                self.create_doomed_timeline(backend, None, "cannot create the project's timeline")
+                    .await?
+                    .0
             }
         };
         let now = store::unix_now();
@@ -436,21 +432,13 @@ impl ControlPlane {
                 format!("project {project_id} has {BRANCHES_PER_PROJECT_MAX} branches, the most it keeps"),
             ));
         }
-        let timeline = backend.new_timeline_id();
-        self.store.doom_timeline(timeline).map_err(internal)?;
-        let info = match backend
-            .create_timeline(self.tenant, timeline, Some((parent.timeline, point)))
-            .await
-        {
-            Ok(info) => info,
-            Err(e) => {
-                self.sweep_doomed(backend).await;
-                return Err(pageserver_error(
-                    &e,
-                    &format!("cannot branch {name} from {}", parent.name),
-                ));
-            }
-        };
+        let (timeline, info) = self
+            .create_doomed_timeline(
+                backend,
+                Some((parent.timeline, point)),
+                &format!("cannot branch {name} from {}", parent.name),
+            )
+            .await?;
         let now = store::unix_now();
         let branch = BranchRow {
             id: new_id("br"),
@@ -566,25 +554,13 @@ impl ControlPlane {
             .branch(&parent_id)
             .map_err(internal)?
             .ok_or_else(|| internal(anyhow::anyhow!("branch {} has no parent row", row.id)))?;
-        let timeline = backend.new_timeline_id();
-        self.store.doom_timeline(timeline).map_err(internal)?;
-        let info = match backend
-            .create_timeline(
-                self.tenant,
-                timeline,
+        let (timeline, info) = self
+            .create_doomed_timeline(
+                backend,
                 Some((parent.timeline, BranchPoint::Latest)),
+                &format!("cannot reset {} to {}", row.name, parent.name),
             )
-            .await
-        {
-            Ok(info) => info,
-            Err(e) => {
-                self.sweep_doomed(backend).await;
-                return Err(pageserver_error(
-                    &e,
-                    &format!("cannot reset {} to {}", row.name, parent.name),
-                ));
-            }
-        };
+            .await?;
         let endpoints = self.store.endpoints_of_branch(&row.id).map_err(internal)?;
         for endpoint in &endpoints {
             backend.stop_compute(&endpoint.id).await;
@@ -853,6 +829,30 @@ impl ControlPlane {
         })?;
         info!(endpoint = %row.id, %addr, "endpoint started");
         Ok(addr)
+    }
+
+    /// A new pageserver timeline (a root, or a branch of `ancestor`), doomed before it is
+    /// created so that a crash before its owner is recorded leaves nothing behind; the caller
+    /// undooms it in the transaction that records it. On failure the sweep deletes whatever
+    /// the pageserver made, and the error says what was `doing`.
+    async fn create_doomed_timeline(
+        &mut self,
+        backend: &mut impl Backend,
+        ancestor: Option<(TimelineId, BranchPoint)>,
+        doing: &str,
+    ) -> Result<(TimelineId, TimelineInfo)> {
+        let timeline = backend.new_timeline_id();
+        self.store.doom_timeline(timeline).map_err(internal)?;
+        match backend
+            .create_timeline(self.tenant, timeline, ancestor)
+            .await
+        {
+            Ok(info) => Ok((timeline, info)),
+            Err(e) => {
+                self.sweep_doomed(backend).await;
+                Err(pageserver_error(&e, doing))
+            }
+        }
     }
 
     /// An endpoint by id, in any project (the proxy's lookups; 404 if there is none).
